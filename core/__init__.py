@@ -1,0 +1,97 @@
+"""ladle: a plugin-based, multi-runtime model-serving framework.
+
+The core imports no ML framework; runtimes, batchers, routers and scalers are plugins.
+"""
+
+from __future__ import annotations
+
+from .batching import Batcher, BatchObserver, ReplicaSet
+from .config import ModelConfig, ServerConfig
+from .envelope import Arrays, Batch, BatchItem, CancelSignal, InferenceRequest, Priority, TraceContext
+from .errors import (
+    ClientError,
+    ConfigError,
+    DeadlineExceededError,
+    DuplicatePluginError,
+    InstanceFailedError,
+    InvalidInputError,
+    InvalidRequestError,
+    LadleError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    PayloadTooLargeError,
+    PluginError,
+    PluginNotFoundError,
+    RuntimeFailureError,
+    ServerBusyError,
+    SignatureMismatchError,
+    UnauthorizedError,
+)
+from .hookspecs import hookimpl, hookspec
+from .instance import Instance, RuntimeInfo, ThreadExecutor, make_executor
+from .plugin_host import API_VERSION, PluginHost, Register, Registration
+from .repository import ModelRepository
+from .routing import Route, Router, RoutingTable, Target
+from .runtime import InstanceState, Runtime, RuntimeSpec
+from .scaling import Placement, ScalingPolicy, VersionMetrics
+from .tensors import Signature, TensorSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "API_VERSION",
+    "Arrays",
+    "Batch",
+    "BatchItem",
+    "BatchObserver",
+    "Batcher",
+    "CancelSignal",
+    "ClientError",
+    "ConfigError",
+    "DeadlineExceededError",
+    "DuplicatePluginError",
+    "InferenceRequest",
+    "Instance",
+    "InstanceFailedError",
+    "InstanceState",
+    "InvalidInputError",
+    "InvalidRequestError",
+    "LadleError",
+    "MissingDependencyError",
+    "ModelConfig",
+    "ModelNotFoundError",
+    "ModelNotReadyError",
+    "ModelRepository",
+    "PayloadTooLargeError",
+    "Placement",
+    "PluginError",
+    "PluginHost",
+    "PluginNotFoundError",
+    "Priority",
+    "Register",
+    "Registration",
+    "ReplicaSet",
+    "Route",
+    "Router",
+    "RoutingTable",
+    "Runtime",
+    "RuntimeFailureError",
+    "RuntimeInfo",
+    "RuntimeSpec",
+    "ScalingPolicy",
+    "ServerBusyError",
+    "ServerConfig",
+    "Signature",
+    "SignatureMismatchError",
+    "Target",
+    "TensorSpec",
+    "ThreadExecutor",
+    "TraceContext",
+    "UnauthorizedError",
+    "VersionMetrics",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    "make_executor",
+]

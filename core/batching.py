@@ -1,0 +1,131 @@
+"""The batcher contract and the replica set it feeds.
+
+A batcher sits in front of one version's replica set: ``submit`` queues a request and returns a
+future that resolves to that request's outputs (or its error); the batcher decides when and how
+requests share a batch and which instance runs it. ``submit`` refuses at once (raising) when the
+request can never be served: too many rows (413) or a full queue (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from .envelope import Arrays, InferenceRequest
+from .instance import Instance
+
+__all__ = ["BatchObserver", "Batcher", "NullObserver", "ReplicaSet"]
+
+
+class BatchObserver(Protocol):
+    """Fed once per batch (never per request) by batchers; the telemetry layer implements it."""
+
+    def batch_done(
+        self,
+        requests: Sequence[InferenceRequest],
+        started: float,
+        finished: float,
+        errors: Sequence[str | None],
+    ) -> None:
+        """``started``/``finished`` are ``time.monotonic()``; ``errors[i]`` is the error code of request i."""
+
+    def requests_dropped(self, requests: Sequence[InferenceRequest], code: str) -> None:
+        """Requests answered without running (deadline passed, cancelled, shed)."""
+
+
+class NullObserver:
+    def batch_done(
+        self,
+        requests: Sequence[InferenceRequest],
+        started: float,
+        finished: float,
+        errors: Sequence[str | None],
+    ) -> None:
+        return None
+
+    def requests_dropped(self, requests: Sequence[InferenceRequest], code: str) -> None:
+        return None
+
+
+class ReplicaSet:
+    """The instances serving one version; placements add and remove instances here."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.model = model
+        self.version = version
+        self.instances: list[Instance] = []
+        self.changed = asyncio.Event()
+
+    def add(self, instance: Instance) -> None:
+        self.instances.append(instance)
+        self.changed.set()
+
+    def remove(self, instance: Instance) -> None:
+        if instance in self.instances:
+            self.instances.remove(instance)
+        self.changed.set()
+
+    def ready(self) -> list[Instance]:
+        return [i for i in self.instances if i.ready]
+
+    @property
+    def any_ready(self) -> bool:
+        return any(i.ready for i in self.instances)
+
+    def least_loaded(self, limit: int = 1) -> Instance | None:
+        """A ready instance with fewer than ``limit`` batches in flight, the least busy first."""
+        best: Instance | None = None
+        for instance in self.instances:
+            if instance.ready and instance.in_flight < limit and (best is None or instance.in_flight < best.in_flight):
+                best = instance
+                if not instance.in_flight:
+                    break
+        return best
+
+    @property
+    def max_batch_rows(self) -> int | None:
+        """The smallest cap any ready instance's runtime declares (``None``: no cap)."""
+        caps = [i.info.max_batch_rows for i in self.instances if i.info and i.info.max_batch_rows]
+        return min(caps) if caps else None
+
+    @property
+    def pads(self) -> bool:
+        return bool(self.instances) and all(i.info is not None and i.info.pads for i in self.instances)
+
+
+class Batcher(ABC):
+    """Base class of batcher plugins; one batcher per served version."""
+
+    def __init__(
+        self,
+        replicas: ReplicaSet,
+        options: Mapping[str, Any],
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.replicas = replicas
+        self.options = dict(options)
+        self.observer: BatchObserver = observer or NullObserver()
+
+    @abstractmethod
+    def submit(self, request: InferenceRequest) -> asyncio.Future[Arrays]:
+        """Queue ``request``; the future resolves to its outputs or raises its ``LadleError``.
+
+        Raises ``PayloadTooLargeError`` or ``ServerBusyError`` at once instead of queueing.
+        """
+
+    async def start(self) -> None:
+        """Start background tasks (called on the event loop before the first ``submit``)."""
+
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Stop accepting, finish what is queued (up to ``drain_timeout``), then stop tasks."""
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting (not yet handed to an instance)."""
+        return 0
+
+    @property
+    def in_flight(self) -> int:
+        return sum(i.in_flight for i in self.replicas.instances)

@@ -1,0 +1,229 @@
+"""The request envelope that travels the data path, and the serialisable batch a runtime executes.
+
+The envelope's fields are settled here once: a request id, a target (model, version), named
+tensors, parameters, an absolute deadline, a priority class, a routing key, trace context and a
+cancel signal. Plugins read these; only the core creates envelopes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Batch",
+    "BatchItem",
+    "CancelSignal",
+    "InferenceRequest",
+    "Priority",
+    "TraceContext",
+    "Arrays",
+    "new_request_id",
+]
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+_prefix = os.urandom(4).hex()
+_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A process-unique request id, cheap to make (no uuid4 on the hot path)."""
+    return f"{_prefix}-{next(_counter):x}"
+
+
+class Priority(IntEnum):
+    """Priority classes; a lower value is served first and can never be starved by a higher one."""
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+    @classmethod
+    def parse(cls, value: object) -> Priority:
+        """Accepts a name (``"high"``) or a number (``0``); raises ``ValueError`` otherwise."""
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, str):
+            key = value.strip().upper()
+            if key in cls.__members__:
+                return cls[key]
+            if key.isdigit():
+                return cls(int(key))
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls(value)
+        raise ValueError(f"priority must be one of {[m.name.lower() for m in cls]} or 0-2, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """W3C trace context carried with a request; ``sampled`` is decided once, at the edge."""
+
+    trace_id: str
+    parent_span_id: str
+    sampled: bool
+    tracestate: str = ""
+
+    @classmethod
+    def from_traceparent(cls, header: str, tracestate: str = "") -> TraceContext | None:
+        """Parse a ``traceparent`` header (``00-<32 hex>-<16 hex>-<2 hex>``); ``None`` if malformed."""
+        parts = header.strip().split("-")
+        if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+            return None
+        try:
+            flags = int(parts[3], 16)
+            int(parts[1], 16)
+            int(parts[2], 16)
+        except ValueError:
+            return None
+        if parts[1] == "0" * 32 or parts[2] == "0" * 16:
+            return None
+        return cls(parts[1], parts[2], bool(flags & 1), tracestate)
+
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id}-{self.parent_span_id}-{'01' if self.sampled else '00'}"
+
+
+class CancelSignal:
+    """Set when the client goes away or the deadline passes; work not yet started is skipped."""
+
+    __slots__ = ("_cancelled", "reason")
+
+    def __init__(self) -> None:
+        self._cancelled = False
+        self.reason = ""
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self._cancelled = True
+        self.reason = reason
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+
+class InferenceRequest:
+    """One request on the data path.
+
+    ``deadline`` is absolute, in ``time.monotonic()`` seconds (system-wide on Linux, so it means the
+    same in a worker process); ``rows`` is the size of the first dimension shared by all inputs.
+    """
+
+    __slots__ = (
+        "arrival",
+        "cancel",
+        "deadline",
+        "id",
+        "inputs",
+        "model",
+        "outputs",
+        "parameters",
+        "priority",
+        "routing_key",
+        "rows",
+        "trace",
+        "version",
+    )
+
+    def __init__(
+        self,
+        model: str,
+        inputs: Arrays,
+        *,
+        version: str | None = None,
+        id: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        deadline: float | None = None,
+        priority: Priority = Priority.NORMAL,
+        routing_key: str | None = None,
+        trace: TraceContext | None = None,
+        outputs: Sequence[str] | None = None,
+        rows: int | None = None,
+    ) -> None:
+        self.id = id or new_request_id()
+        self.model = model
+        self.version = version
+        self.inputs = inputs
+        self.parameters = parameters if parameters is not None else {}
+        self.deadline = deadline
+        self.priority = priority
+        self.routing_key = routing_key
+        self.trace = trace
+        self.outputs = outputs
+        self.cancel = CancelSignal()
+        self.arrival = time.monotonic()
+        if rows is None:
+            rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        self.rows = rows
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def shape_key(self) -> tuple[Any, ...]:
+        """Requests with equal keys can be concatenated along the first dimension."""
+        return tuple((name, a.dtype.str, a.shape[1:]) for name, a in self.inputs.items())
+
+    def __repr__(self) -> str:
+        return f"InferenceRequest(id={self.id!r}, model={self.model!r}, version={self.version!r}, rows={self.rows})"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """Per-request metadata inside a batch: serialisable, so a batch can cross a process boundary."""
+
+    request_id: str
+    rows: int
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    deadline: float | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """Named arrays concatenated along the first dimension, plus one ``BatchItem`` per request."""
+
+    inputs: Arrays
+    items: list[BatchItem]
+
+    @property
+    def rows(self) -> int:
+        return sum(item.rows for item in self.items)
+
+    @classmethod
+    def of(cls, inputs: Arrays, parameters: Mapping[str, Any] | None = None) -> Batch:
+        """A batch of one request (handy in tests and warm-up)."""
+        rows = next(iter(inputs.values())).shape[0] if inputs else 0
+        return cls(inputs, [BatchItem(new_request_id(), rows, dict(parameters or {}))])
+
+    @classmethod
+    def from_requests(cls, requests: Sequence[InferenceRequest]) -> Batch:
+        """Concatenate the requests' inputs; a single request's arrays are used as they are."""
+        items = [BatchItem(r.id, r.rows, r.parameters, r.deadline) for r in requests]
+        if len(requests) == 1:
+            return cls(requests[0].inputs, items)
+        names = requests[0].inputs.keys()
+        return cls({n: np.concatenate([r.inputs[n] for r in requests]) for n in names}, items)
+
+    def split(self, outputs: Arrays) -> list[Arrays]:
+        """Cut batch outputs back into one dict per item, by each item's row count."""
+        if len(self.items) == 1:
+            return [outputs]
+        result: list[Arrays] = []
+        start = 0
+        for item in self.items:
+            stop = start + item.rows
+            result.append({name: array[start:stop] for name, array in outputs.items()})
+            start = stop
+        return result
+
+    def select(self, index: int) -> Batch:
+        """The sub-batch holding only item ``index``."""
+        start = sum(item.rows for item in self.items[:index])
+        stop = start + self.items[index].rows
+        return Batch({n: a[start:stop] for n, a in self.inputs.items()}, [self.items[index]])

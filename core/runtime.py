@@ -1,0 +1,134 @@
+"""The runtime contract: what a runtime plugin author writes.
+
+An author subclasses ``Runtime`` and writes ``load`` and ``predict`` (a batch in, a batch out).
+Queueing, concatenation, splitting, per-item error isolation, deadlines and threading belong to
+the core. A runtime is always rebuilt from a ``RuntimeSpec``, so the same runtime can run in a
+thread, a worker process, a Ray actor or a pod.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .envelope import Arrays, Batch
+from .tensors import Signature, numpy_dtype
+
+__all__ = ["InstanceState", "Runtime", "RuntimeSpec", "process_rss_bytes"]
+
+
+class InstanceState(str, Enum):
+    """The one lifecycle every instance follows."""
+
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """Everything needed to rebuild a runtime anywhere; plain data, so it pickles and serialises.
+
+    ``artifact`` is the version directory (or a file in it); ``device`` is a logical device such as
+    ``"cpu"`` or ``"cuda:0"``; ``threads`` is the thread budget the core grants this instance;
+    ``trust_code`` opts in to executing code or unpickling objects from the model directory.
+    """
+
+    plugin: str
+    artifact: str
+    model: str = ""
+    version: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    threads: int = 1
+    trust_code: bool = False
+    signature: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["options"] = dict(self.options)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RuntimeSpec:
+        return cls(**dict(data))
+
+    @property
+    def path(self) -> Path:
+        return Path(self.artifact)
+
+
+class Runtime:
+    """Base class of runtime plugins.
+
+    Subclasses set ``name`` and override ``load`` and ``predict``; they may override ``signature``
+    (when the artifact carries one), ``warmup`` and ``unload``. ``pads`` tells the batcher that
+    requests of different shapes may share a batch; ``max_batch_rows`` caps a batch (``1`` for a
+    program exported with a static batch dimension).
+    """
+
+    name: ClassVar[str] = "runtime"
+    pads: ClassVar[bool] = False
+
+    def __init__(self, spec: RuntimeSpec) -> None:
+        self.spec = spec
+        self.max_batch_rows: int | None = None
+        self._signature: Signature | None = (
+            Signature.from_dict(spec.signature) if spec.signature else None
+        )
+
+    def load(self) -> None:
+        """Load the artifact. Called once, in the thread or process that will run ``predict``."""
+        raise NotImplementedError
+
+    def predict(self, batch: Batch) -> Arrays:
+        """Run one batch: every output's first dimension equals ``batch.rows``, in input order.
+
+        Raise ``InvalidInputError`` for inputs the model cannot take; the core then isolates the
+        offending item and the other items of the batch still get their answers.
+        """
+        raise NotImplementedError
+
+    def signature(self) -> Signature | None:
+        """The model's signature: from config when given, else whatever the artifact carries."""
+        return self._signature
+
+    def warmup(self) -> None:
+        """Run one synthetic batch built from the signature (no-op without one)."""
+        sig = self.signature()
+        if sig is None or not sig.inputs:
+            return
+        inputs: Arrays = {}
+        for spec in sig.inputs:
+            if spec.datatype == "BYTES":
+                return
+            shape = tuple(1 if d < 0 else d for d in spec.shape)
+            if self.max_batch_rows == 1 and shape:
+                shape = (1, *shape[1:])
+            inputs[spec.name] = np.zeros(shape, dtype=numpy_dtype(spec.datatype))
+        self.predict(Batch.of(inputs))
+
+    def memory_bytes(self) -> int | None:
+        """Memory this runtime holds after load and warm-up, measured by the runtime; ``None`` if unknown."""
+        return None
+
+    def unload(self) -> None:
+        """Release what ``load`` took."""
+
+
+def process_rss_bytes() -> int:
+    """Resident set size of this process, from /proc (0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

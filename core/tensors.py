@@ -1,0 +1,133 @@
+"""Tensor datatypes (KServe V2 names), tensor specs and model signatures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import SignatureMismatchError
+
+__all__ = [
+    "DATATYPES",
+    "Signature",
+    "TensorSpec",
+    "datatype_of",
+    "numpy_dtype",
+]
+
+#: V2 datatype name -> numpy dtype. BYTES tensors are numpy object arrays of ``bytes``.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+_BY_DTYPE: dict[np.dtype[Any], str] = {dtype: name for name, dtype in DATATYPES.items()}
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """The numpy dtype of a V2 datatype name; raises ``SignatureMismatchError`` for unknown names."""
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        raise SignatureMismatchError(
+            f"unknown datatype {datatype!r}", expected=sorted(DATATYPES)
+        ) from None
+
+
+def datatype_of(array: np.ndarray[Any, Any]) -> str:
+    """The V2 datatype name of a numpy array (strings and bytes map to BYTES)."""
+    name = _BY_DTYPE.get(array.dtype)
+    if name is not None:
+        return name
+    if array.dtype.kind in "SUO":
+        return "BYTES"
+    raise SignatureMismatchError(f"dtype {array.dtype} has no V2 datatype")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A named tensor: V2 datatype and shape, ``-1`` for a variable dimension (the first is the batch)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
+        return cls(str(data["name"]), str(data["datatype"]), tuple(int(d) for d in data["shape"]))
+
+    def check(self, array: np.ndarray[Any, Any]) -> None:
+        """Raise ``SignatureMismatchError`` unless ``array`` fits this spec (the batch dimension is free)."""
+        if datatype_of(array) != self.datatype:
+            raise SignatureMismatchError(
+                f"input {self.name!r} has datatype {datatype_of(array)}, expected {self.datatype}",
+                input=self.name,
+            )
+        if len(array.shape) != len(self.shape) or any(
+            want not in (-1, got) for want, got in zip(self.shape[1:], array.shape[1:], strict=True)
+        ):
+            raise SignatureMismatchError(
+                f"input {self.name!r} has shape {list(array.shape)}, expected {list(self.shape)}",
+                input=self.name,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """The inputs and outputs a model takes and returns."""
+
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": [spec.to_dict() for spec in self.inputs],
+            "outputs": [spec.to_dict() for spec in self.outputs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Signature:
+        return cls(
+            tuple(TensorSpec.from_dict(d) for d in data.get("inputs", ())),
+            tuple(TensorSpec.from_dict(d) for d in data.get("outputs", ())),
+        )
+
+    def input(self, name: str) -> TensorSpec | None:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        return None
+
+    def check_inputs(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        """Raise ``SignatureMismatchError`` if names, datatypes or shapes differ from the signature."""
+        if not self.inputs:
+            return
+        expected = {spec.name for spec in self.inputs}
+        missing = expected.difference(arrays)
+        unknown = set(arrays).difference(expected)
+        if missing or unknown:
+            raise SignatureMismatchError(
+                "input names do not match the signature",
+                missing=sorted(missing),
+                unexpected=sorted(unknown),
+                expected=sorted(expected),
+            )
+        for spec in self.inputs:
+            spec.check(arrays[spec.name])

@@ -1,0 +1,1 @@
+"""Helpers for testing ladle plugins: the conformance kit and a pytest plugin."""

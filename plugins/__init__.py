@@ -1,0 +1,1 @@
+"""ladle built-in plugins."""

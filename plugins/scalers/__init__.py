@@ -1,0 +1,1 @@
+"""Built-in scaler plugins: scaling policies and placements."""

@@ -1,0 +1,1 @@
+"""Project templates: a model service per runtime and a third-party runtime plugin."""
