@@ -59,7 +59,7 @@ class XGBoostRuntime(Runtime):
             )
         if data.dtype.kind not in "fiub":
             raise InvalidInputError(f"expected numeric input, got {data.dtype}", input=self.input_name)
-        output = self.booster.inplace_predict(data, output_margin=self.margin)
+        output = self.booster.inplace_predict(data, predict_type="margin" if self.margin else "value")
         return {"predict": np.asarray(output, dtype=np.float32)}
 
     def memory_bytes(self) -> int:

@@ -1,0 +1,89 @@
+"""The starlette application: KServe V2, the ladle API, health, and error mapping.
+
+Status table (every error body is JSON: ``{"error": message, "code": ..., ...details}``):
+
+=====  ==============================================================================
+400    malformed body or parameter; a runtime's ``InvalidInputError``
+401    missing or wrong bearer token (when tokens are configured)
+404    unknown model, version or route
+405    method not allowed on the route
+413    body larger than ``max_request_bytes``, or more rows than the batcher accepts
+422    input names, datatypes or shapes do not match the model's signature
+500    any other runtime failure (a bug or a dead backend)
+503    queue full (with ``Retry-After``) or model not ready
+504    the request's deadline passed (queued requests are dropped before they run)
+=====  ==============================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from .. import __version__
+from ..errors import LadleError, RuntimeFailureError
+from ..server import Server
+from . import ladle_api, v2
+from .responses import error_response, json_response
+
+__all__ = ["create_app"]
+
+async def _ladle_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LadleError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return json_response(
+        {"error": f"{exc.detail}: {request.method} {request.url.path}", "code": code},
+        exc.status_code,
+        dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    error = RuntimeFailureError(f"internal error: {type(exc).__name__}: {exc}")
+    return error_response(error)
+
+
+def _server_routes(server: Server) -> list[BaseRoute]:
+    async def models(request: Request) -> Response:
+        return json_response({"models": server.manager.describe(), "failures": server.manager.failures})
+
+    async def server_metadata(request: Request) -> Response:
+        return json_response(
+            {"name": "ladle", "version": __version__, "extensions": ["binary_tensor_data", "ladle_api"]}
+        )
+
+    return [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/api/v1/models", models, methods=["GET"]),
+    ]
+
+
+def create_app(server: Server) -> Starlette:
+    """Build the ASGI app for ``server``; its lifespan loads models in the background and drains on stop."""
+    routes: list[BaseRoute] = [
+        *_server_routes(server),
+        *v2.routes(server),
+        *ladle_api.routes(server),
+        *server.extra_routes,
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            LadleError: _ladle_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        lifespan=server.lifespan,
+    )
+    app.state.server = server
+    return app

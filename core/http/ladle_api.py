@@ -1,0 +1,143 @@
+"""The ladle API: ``POST /api/v1/models/{name}/predict`` with records in and records out.
+
+Request::
+
+    {"inputs": [{"features": [5.1, 3.5, ...]}, ...],
+     "params": {"version": "2", "timeout_ms": 500, "priority": "high", "routing_key": "user-42"}}
+
+Each record maps input names to one row's values. A model with a single input accepts any one key
+(``features`` by convention). ``params`` is optional; every key in it is optional.
+
+Response (200), one output record per input record, in order; the ``Ladle-Model-Version`` header
+names the version that served it::
+
+    {"id": "…", "model": "iris", "version": "2", "outputs": [{"predict": 0.97}, ...]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ..envelope import Arrays, InferenceRequest
+from ..errors import InvalidRequestError, LadleError
+from ..server import Server
+from ..serving import ModelEndpoint
+from ..tensors import Signature, numpy_dtype
+from .request_context import VERSION_HEADER, RequestContext
+from .responses import JSON, error_response, read_body
+from .v2_codec import parse_json
+
+__all__ = ["records_to_arrays", "routes"]
+
+_PARAMS = {"version", "timeout_ms", "priority", "routing_key"}
+
+
+def records_to_arrays(records: list[Any], signature: Signature | None) -> Arrays:
+    """Stack records (one dict per row) into named arrays typed by the signature (FP32 without one)."""
+    if not records:
+        raise InvalidRequestError("'inputs' must be a non-empty list of records")
+    first = records[0]
+    if not isinstance(first, dict) or not first:
+        raise InvalidRequestError("each record in 'inputs' must be a non-empty JSON object")
+    specs = signature.inputs if signature is not None else ()
+    keys = list(first)
+    if len(specs) == 1 and len(keys) == 1:
+        names = {keys[0]: specs[0].name}
+    else:
+        expected = {s.name for s in specs}
+        if expected and set(keys) != expected:
+            raise InvalidRequestError(
+                "record keys do not match the model's inputs", expected=sorted(expected), got=sorted(keys)
+            )
+        names = {k: k for k in keys}
+    dtypes = {s.name: numpy_dtype(s.datatype) for s in specs}
+    arrays: Arrays = {}
+    for key, name in names.items():
+        try:
+            column = [record[key] for record in records]
+        except (KeyError, TypeError):
+            raise InvalidRequestError(f"every record needs the key {key!r}", input=key) from None
+        dtype = dtypes.get(name, np.dtype(np.float32))
+        try:
+            if dtype.kind == "O":
+                array = np.empty(len(column), dtype=object)
+                array[:] = [v.encode() if isinstance(v, str) else v for v in column]
+            else:
+                array = np.asarray(column, dtype=dtype)
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequestError(f"input {key!r}: values are not {dtype} rows of one shape: {exc}",
+                                      input=key) from None
+        arrays[name] = array
+    return arrays
+
+
+def _records(outputs: Arrays, rows: int) -> list[dict[str, Any]]:
+    columns = {name: array.tolist() if array.dtype.kind != "O" else
+               [v.decode(errors="replace") if isinstance(v, bytes) else v for v in array]
+               for name, array in outputs.items()}
+    return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
+
+
+def routes(server: Server) -> list[BaseRoute]:
+    manager = server.manager
+    limit = server.config.server.max_request_bytes
+
+    def _signature(endpoint: ModelEndpoint, version: str | None) -> Signature | None:
+        if version is not None:
+            return endpoint.version(version).signature
+        table = endpoint.table
+        chosen = endpoint.versions.get(table.latest) if table.versions else None
+        return chosen.signature if chosen is not None else None
+
+    async def predict(request: Request) -> Response:
+        endpoint = manager.endpoint(request.path_params["model"])
+        body = parse_json(await read_body(request, limit))
+        if not isinstance(body, dict):
+            raise InvalidRequestError("request body must be a JSON object")
+        unknown = set(body) - {"inputs", "params", "id"}
+        if unknown:
+            raise InvalidRequestError(f"unknown fields {sorted(unknown)}", allowed=["id", "inputs", "params"])
+        params = body.get("params") or {}
+        if not isinstance(params, Mapping) or set(params) - _PARAMS:
+            raise InvalidRequestError("'params' must be an object with keys from " + ", ".join(sorted(_PARAMS)))
+        records = body.get("inputs")
+        if not isinstance(records, list):
+            raise InvalidRequestError("'inputs' must be a list of records")
+        version = params.get("version")
+        if version is not None:
+            version = str(version)
+        arrays = records_to_arrays(records, _signature(endpoint, version))
+        context = RequestContext.parse(request.headers, params, endpoint.timeout)
+        envelope = InferenceRequest(
+            endpoint.name,
+            arrays,
+            version=version,
+            id=str(body["id"]) if body.get("id") is not None else None,
+            deadline=context.deadline,
+            priority=context.priority,
+            routing_key=context.routing_key,
+            trace=context.trace,
+            rows=len(records),
+        )
+        served, future = endpoint.submit(envelope)
+        headers = {VERSION_HEADER: served.version}
+        try:
+            outputs = await future
+        except LadleError as exc:
+            return error_response(exc, headers)
+        payload = {
+            "id": envelope.id,
+            "model": endpoint.name,
+            "version": served.version,
+            "outputs": _records(outputs, envelope.rows),
+        }
+        return Response(orjson.dumps(payload), 200, headers, JSON)
+
+    return [Route("/api/v1/models/{model}/predict", predict, methods=["POST"])]
