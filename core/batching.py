@@ -78,7 +78,11 @@ class ReplicaSet:
         """A ready instance with fewer than ``limit`` batches in flight, the least busy first."""
         best: Instance | None = None
         for instance in self.instances:
-            if instance.ready and instance.in_flight < limit and (best is None or instance.in_flight < best.in_flight):
+            if (
+                instance.ready
+                and instance.in_flight < limit
+                and (best is None or instance.in_flight < best.in_flight)
+            ):
                 best = instance
                 if not instance.in_flight:
                     break
@@ -115,10 +119,10 @@ class Batcher(ABC):
         Raises ``PayloadTooLargeError`` or ``ServerBusyError`` at once instead of queueing.
         """
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Start background tasks (called on the event loop before the first ``submit``)."""
 
-    async def stop(self, drain_timeout: float = 30.0) -> None:
+    async def stop(self, drain_timeout: float = 30.0) -> None:  # noqa: B027 - optional hook
         """Stop accepting, finish what is queued (up to ``drain_timeout``), then stop tasks."""
 
     @property

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "Arrays",
     "Batch",
     "BatchItem",
     "CancelSignal",
     "InferenceRequest",
     "Priority",
     "TraceContext",
-    "Arrays",
     "new_request_id",
 ]
 
@@ -171,7 +171,7 @@ class InferenceRequest:
         return tuple((name, a.dtype.str, a.shape[1:]) for name, a in self.inputs.items())
 
     def __repr__(self) -> str:
-        return f"InferenceRequest(id={self.id!r}, model={self.model!r}, version={self.version!r}, rows={self.rows})"
+        return f"InferenceRequest(id={self.id!r}, model={self.model!r}, version={self.version!r}, rows={self.rows})"  # noqa: E501
 
 
 @dataclass(frozen=True, slots=True)

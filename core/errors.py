@@ -1,23 +1,23 @@
 """One error hierarchy for ladle; every error carries the HTTP status it maps to.
 
-    LadleError                      500  base class; a bug or a dead backend
-    ├── ConfigError                 500  invalid configuration, raised at start
-    ├── PluginError                 500  plugin discovery and registration
-    │   ├── DuplicatePluginError         two plugins register the same name
-    │   ├── PluginNotFoundError          no enabled plugin has that name
-    │   └── MissingDependencyError       the plugin's optional dependency is absent
-    ├── ClientError                 4xx  the request is wrong; the server is fine
-    │   ├── InvalidRequestError     400  malformed body, unknown parameter
-    │   ├── InvalidInputError       400  a runtime refused the input values
-    │   ├── UnauthorizedError       401  missing or wrong bearer token
-    │   ├── ModelNotFoundError      404  unknown model or version
-    │   ├── PayloadTooLargeError    413  more rows than the batcher accepts
-    │   └── SignatureMismatchError  422  tensor names, types or shapes off the signature
-    ├── ServerBusyError             503  queue full; carries Retry-After
-    ├── ModelNotReadyError          503  loading, draining or failed
-    ├── DeadlineExceededError       504  the request's deadline passed
-    └── RuntimeFailureError         500  a runtime raised on valid input
-        └── InstanceFailedError     500  the instance (or its worker process) died
+LadleError                      500  base class; a bug or a dead backend
+├── ConfigError                 500  invalid configuration, raised at start
+├── PluginError                 500  plugin discovery and registration
+│   ├── DuplicatePluginError         two plugins register the same name
+│   ├── PluginNotFoundError          no enabled plugin has that name
+│   └── MissingDependencyError       the plugin's optional dependency is absent
+├── ClientError                 4xx  the request is wrong; the server is fine
+│   ├── InvalidRequestError     400  malformed body, unknown parameter
+│   ├── InvalidInputError       400  a runtime refused the input values
+│   ├── UnauthorizedError       401  missing or wrong bearer token
+│   ├── ModelNotFoundError      404  unknown model or version
+│   ├── PayloadTooLargeError    413  more rows than the batcher accepts
+│   └── SignatureMismatchError  422  tensor names, types or shapes off the signature
+├── ServerBusyError             503  queue full; carries Retry-After
+├── ModelNotReadyError          503  loading, draining or failed
+├── DeadlineExceededError       504  the request's deadline passed
+└── RuntimeFailureError         500  a runtime raised on valid input
+    └── InstanceFailedError     500  the instance (or its worker process) died
 """
 
 from __future__ import annotations

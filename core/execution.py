@@ -31,7 +31,9 @@ def _as_error(exc: BaseException, runtime: Runtime) -> LadleError:
 
 def _checked(outputs: Any, batch: Batch, runtime: Runtime) -> Arrays:
     if not isinstance(outputs, dict) or not outputs:
-        raise RuntimeFailureError(f"runtime {runtime.name!r} returned {type(outputs).__name__}, not named arrays")
+        raise RuntimeFailureError(
+            f"runtime {runtime.name!r} returned {type(outputs).__name__}, not named arrays"
+        )
     rows = batch.rows
     for name, array in outputs.items():
         if not isinstance(array, np.ndarray):
@@ -47,7 +49,8 @@ def _checked(outputs: Any, batch: Batch, runtime: Runtime) -> Arrays:
 def execute_isolated(runtime: Runtime, batch: Batch) -> list[ItemResult]:
     """Run ``batch``; if it fails and holds several items, run each alone so one bad item fails alone."""
     try:
-        return batch.split(_checked(runtime.predict(batch), batch, runtime))
+        outputs: list[ItemResult] = list(batch.split(_checked(runtime.predict(batch), batch, runtime)))
+        return outputs
     except Exception as exc:
         if len(batch.items) == 1:
             return [_as_error(exc, runtime)]

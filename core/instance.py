@@ -9,6 +9,7 @@ placements plug in as further executors on this same seam.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -144,14 +145,14 @@ class Instance:
         self.in_flight = 0
         self.error = ""
         self.started_at = 0.0
-        self._listener = listener
+        self.listener = listener
         self._idle = asyncio.Event()
         self._idle.set()
 
     def _set(self, state: InstanceState) -> None:
         self.state = state
-        if self._listener is not None:
-            self._listener(self, state)
+        if self.listener is not None:
+            self.listener(self, state)
 
     @property
     def ready(self) -> bool:
@@ -196,10 +197,8 @@ class Instance:
             return
         if self.state is not InstanceState.FAILED:
             self._set(InstanceState.DRAINING)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), drain_timeout)
-            except TimeoutError:
-                pass
         await self.executor.stop()
         if self.state is not InstanceState.FAILED:
             self._set(InstanceState.STOPPED)

@@ -116,11 +116,16 @@ class Register:
         detect: Detector | None = None,
         description: str = "",
     ) -> None:
-        if not isinstance(name, str) or not name or not name.replace("-", "_").replace(".", "_").isidentifier():
+        if (
+            not isinstance(name, str)
+            or not name
+            or not name.replace("-", "_").replace(".", "_").isidentifier()
+        ):
             raise PluginError(f"plugin {self._plugin!r} registered an invalid {self._family} name {name!r}")
         if api_version > API_VERSION:
             raise PluginError(
-                f"plugin {self._plugin!r} needs ladle plugin API {api_version}, this ladle speaks {API_VERSION}",
+                f"plugin {self._plugin!r} needs ladle plugin API {api_version}, "
+                f"this ladle speaks {API_VERSION}",
                 plugin=self._plugin,
             )
         self._host._add(
@@ -261,7 +266,8 @@ class PluginHost:
         if existing is not None:
             raise DuplicatePluginError(
                 f"{registration.family} {registration.name!r} is registered by both "
-                f"{existing.plugin!r} and {registration.plugin!r}; disable one in ladle.toml [plugins] disabled",
+                f"{existing.plugin!r} and {registration.plugin!r}; "
+                "disable one in ladle.toml [plugins] disabled",
                 family=registration.family,
                 name=registration.name,
                 plugins=[existing.plugin, registration.plugin],
@@ -313,4 +319,3 @@ class PluginHost:
     @property
     def hook(self) -> Any:
         return self.pm.hook
-

@@ -11,7 +11,7 @@ from .errors import ConfigError, InvalidRequestError, ModelNotFoundError
 from .plugin_host import PluginHost
 from .runtime import RuntimeSpec
 
-__all__ = ["ModelRepository", "ModelPlan", "check_name", "version_key"]
+__all__ = ["ModelPlan", "ModelRepository", "check_name", "version_key"]
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _PARTS = re.compile(r"(\d+)")
@@ -70,7 +70,9 @@ class ModelRepository:
         directory = self.model_dir(model) / version
         if not directory.is_dir():
             raise ModelNotFoundError(
-                f"version {version!r} of model {model!r} is not in the repository", model=model, version=version
+                f"version {version!r} of model {model!r} is not in the repository",
+                model=model,
+                version=version,
             )
         return directory
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,7 +23,7 @@ from .tensors import Signature, numpy_dtype
 __all__ = ["InstanceState", "Runtime", "RuntimeSpec", "process_rss_bytes"]
 
 
-class InstanceState(str, Enum):
+class InstanceState(StrEnum):
     """The one lifecycle every instance follows."""
 
     LOADING = "loading"
@@ -82,9 +82,7 @@ class Runtime:
     def __init__(self, spec: RuntimeSpec) -> None:
         self.spec = spec
         self.max_batch_rows: int | None = None
-        self._signature: Signature | None = (
-            Signature.from_dict(spec.signature) if spec.signature else None
-        )
+        self._signature: Signature | None = Signature.from_dict(spec.signature) if spec.signature else None
 
     def load(self) -> None:
         """Load the artifact. Called once, in the thread or process that will run ``predict``."""

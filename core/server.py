@@ -26,7 +26,9 @@ def load_config(path: Path | None) -> ServerConfig:
         return load_server_config(path / SERVER_CONFIG_FILE)
     if path.is_dir():
         config = load_server_config(None)
-        return config.model_copy(update={"server": config.server.model_copy(update={"repository": str(path)})})
+        return config.model_copy(
+            update={"server": config.server.model_copy(update={"repository": str(path)})}
+        )
     raise ConfigError(f"{path}: neither a {SERVER_CONFIG_FILE} nor a model repository", file=str(path))
 
 

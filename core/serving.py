@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .batching import Batcher, BatchObserver, ReplicaSet
 from .config import ModelConfig, ServerConfig
@@ -27,7 +28,12 @@ from .runtime import InstanceState, RuntimeSpec
 from .scaling import Placement
 from .tensors import Signature
 
+if TYPE_CHECKING:
+    from .deployments.delivery import Delivery
+
 __all__ = ["ModelEndpoint", "ModelManager", "ObserverFactory", "VersionEndpoint"]
+
+logger = logging.getLogger("ladle.serving")
 
 #: Makes the per-version batch observer (the telemetry layer provides one); ``None`` observes nothing.
 ObserverFactory = Callable[[str, str], BatchObserver | None]
@@ -72,8 +78,7 @@ class VersionEndpoint:
         """Create, load and warm ``instances`` instances, then start the batcher."""
         created = [self.placement.create(self.spec, index) for index in range(instances)]
         for instance in created:
-            if listener is not None:
-                instance._listener = listener
+            instance.listener = listener
             self.replicas.add(instance)
         await asyncio.gather(*(instance.start() for instance in created))
         first = created[0]
@@ -107,6 +112,8 @@ class ModelEndpoint:
         self.versions: dict[str, VersionEndpoint] = {}
         self.table = RoutingTable(name, ())
         self.timeout = config.timeout
+        #: Mirrors, cascades, breakers, fallbacks, cache and rollout samples; ``None`` when unused.
+        self.delivery: Delivery | None = None
 
     def set_table(self, table: RoutingTable) -> None:
         """Swap the routing table (one reference assignment: atomic for the data path)."""
@@ -118,14 +125,16 @@ class ModelEndpoint:
             table = self.table
             if not table.versions:
                 raise ModelNotReadyError(f"model {self.name!r} has no ready version", model=self.name)
-            if request is None or len(table.versions) == 1 and not table.weights:
+            if request is None or (len(table.versions) == 1 and not table.weights):
                 version = table.versions[-1]
             else:
                 version = self.router.route(request, table).primary.version
         endpoint = self.versions.get(version)
         if endpoint is None:
             raise ModelNotFoundError(
-                f"model {self.name!r} has no version {version!r}", model=self.name, version=version,
+                f"model {self.name!r} has no version {version!r}",
+                model=self.name,
+                version=version,
                 available=sorted(self.versions),
             )
         return endpoint
@@ -136,6 +145,9 @@ class ModelEndpoint:
 
     def submit(self, request: InferenceRequest) -> tuple[VersionEndpoint, asyncio.Future[Arrays]]:
         """Route and queue ``request``; the future resolves to its outputs (or its error) by its deadline."""
+        delivery = self.delivery
+        if delivery is not None:
+            return delivery.submit(self, request)
         endpoint = self.version(request.version, request)
         if endpoint.signature is not None:
             endpoint.signature.check_inputs(request.inputs)
@@ -151,9 +163,8 @@ class ModelEndpoint:
             "name": self.name,
             "ready": self.ready,
             "router": self.config.router.name,
-            "traffic": dict(self.table.weights) or (
-                {self.table.versions[-1]: 100.0} if self.table.versions else {}
-            ),
+            "traffic": dict(self.table.weights)
+            or ({self.table.versions[-1]: 100.0} if self.table.versions else {}),
             "versions": [v.describe() for v in self.versions.values()],
         }
 
@@ -183,7 +194,9 @@ class ModelManager:
         endpoint = self.models.get(name)
         if endpoint is None:
             check_name("model", name)
-            raise ModelNotFoundError(f"model {name!r} is not served", model=name, available=sorted(self.models))
+            raise ModelNotFoundError(
+                f"model {name!r} is not served", model=name, available=sorted(self.models)
+            )
         return endpoint
 
     @property
@@ -206,7 +219,9 @@ class ModelManager:
                     try:
                         await self.load_version(plan.name, version, plan.specs[version], endpoint=endpoint)
                     except Exception as exc:  # one broken version must not stop the others loading
-                        message = exc.message if isinstance(exc, LadleError) else f"{type(exc).__name__}: {exc}"
+                        message = (
+                            exc.message if isinstance(exc, LadleError) else f"{type(exc).__name__}: {exc}"
+                        )
                         self.failures[f"{plan.name}/{version}"] = message
                         self._report(plan.name, version, f"failed: {message}")
         finally:
@@ -226,9 +241,12 @@ class ModelManager:
 
     def _listener(self, instance: Instance, state: InstanceState) -> None:
         self._report(instance.spec.model, instance.spec.version, state.value)
-        self.host.hook.ladle_instance_state(
-            model=instance.spec.model, version=instance.spec.version, instance=instance.name, state=state
-        )
+        try:
+            self.host.hook.ladle_instance_state(
+                model=instance.spec.model, version=instance.spec.version, instance=instance.name, state=state
+            )
+        except Exception:  # a broken observer plugin must not fail the instance it observes
+            logger.exception("ladle_instance_state hook failed for %s", instance.name)
 
     async def load_version(
         self,
@@ -241,8 +259,11 @@ class ModelManager:
     ) -> VersionEndpoint:
         """Load and warm one version; only when it is ready does it join the routing table."""
         if endpoint is None:
-            plan_config = self.repository.plan(model, self.config, self.host).config if model not in self.models \
+            plan_config = (
+                self.repository.plan(model, self.config, self.host).config
+                if model not in self.models
                 else self.models[model].config
+            )
             endpoint = self._endpoint_for(model, plan_config)
         config = endpoint.config
         if spec is None:
@@ -282,10 +303,14 @@ class ModelManager:
         endpoint = self.endpoint(model)
         target = endpoint.versions.get(version)
         if target is None:
-            raise ModelNotFoundError(f"model {model!r} has no version {version!r}", model=model, version=version)
+            raise ModelNotFoundError(
+                f"model {model!r} has no version {version!r}", model=model, version=version
+            )
         table = endpoint.table
         weights = {v: w for v, w in table.weights.items() if v != version}
-        endpoint.set_table(replace(table, versions=tuple(v for v in table.versions if v != version), weights=weights))
+        endpoint.set_table(
+            replace(table, versions=tuple(v for v in table.versions if v != version), weights=weights)
+        )
         del endpoint.versions[version]
         await target.stop(self.config.server.drain_timeout if drain_timeout is None else drain_timeout)
 

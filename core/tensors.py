@@ -42,9 +42,7 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
     try:
         return DATATYPES[datatype]
     except KeyError:
-        raise SignatureMismatchError(
-            f"unknown datatype {datatype!r}", expected=sorted(DATATYPES)
-        ) from None
+        raise SignatureMismatchError(f"unknown datatype {datatype!r}", expected=sorted(DATATYPES)) from None
 
 
 def datatype_of(array: np.ndarray[Any, Any]) -> str:

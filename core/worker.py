@@ -9,6 +9,7 @@ per-process limits such as MPS's active-thread percentage can be set through ``e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import multiprocessing
 import os
@@ -100,10 +101,8 @@ class Arena:
 
     def close(self) -> None:
         if self._map is not None:
-            try:
+            with contextlib.suppress(BufferError):  # a view still refers to it; it goes with the process
                 self._map.close()
-            except BufferError:  # a view still refers to it; the mapping goes with the process
-                pass
             self._map = None
         if self.owner and self.path:
             Path(self.path).unlink(missing_ok=True)
@@ -153,8 +152,12 @@ def _child_main(conn: Connection, spec_data: dict[str, Any], disabled: list[str]
                     conn.send(("ok", None))
                     return
             except BaseException as exc:
-                error = exc if isinstance(exc, LadleError) else InstanceFailedError(
-                    f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5)
+                error = (
+                    exc
+                    if isinstance(exc, LadleError)
+                    else InstanceFailedError(
+                        f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5)
+                    )
                 )
                 conn.send(("error", error))
     finally:
@@ -272,10 +275,8 @@ class ProcessExecutor(Executor):
 
     async def stop(self) -> None:
         if self._conn is not None and not self._failed:
-            try:
+            with contextlib.suppress(LadleError, TimeoutError):
                 await asyncio.wait_for(self._call("stop"), 10)
-            except (LadleError, TimeoutError):
-                pass
         if self._process is not None:
             self._process.join(timeout=5)
             if self._process.is_alive():

@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
         registers = ", ".join(f"{r['family']}:{r['name']}" for r in plugin["registers"])
         missing = sorted({m for r in plugin["registers"] for m in r["missing"]})
         extras = sorted({r["extra"] for r in plugin["registers"] if r["missing"] and r["extra"]})
-        deps = "ok" if not missing else f"missing {', '.join(missing)} (pip install 'ladle[{','.join(extras)}]')"
+        deps = (
+            "ok" if not missing else f"missing {', '.join(missing)} (pip install 'ladle[{','.join(extras)}]')"
+        )
         status = plugin["status"] if not plugin["error"] else f"{plugin['status']}: {plugin['error']}"
         table.add_row(plugin["name"], plugin["version"], status, registers, deps)
     Console().print(table)

@@ -8,6 +8,8 @@ in-flight requests, stops every instance and exits 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -16,9 +18,13 @@ from ..server import Server, load_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=Path, nargs="?", help="a ladle.toml, a directory holding one, or a model repository")
+    parser.add_argument(
+        "path", type=Path, nargs="?", help="a ladle.toml, a directory holding one, or a model repository"
+    )
     parser.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to bind (default from config: 8000; 0 picks a free one)")
+    parser.add_argument(
+        "--port", type=int, help="port to bind (default from config: 8000; 0 picks a free one)"
+    )
     parser.add_argument("--log-level", default="warning", help="uvicorn log level (default: warning)")
 
 
@@ -31,8 +37,12 @@ class TerminalProgress:
         self.console = Console(stderr=True)
 
     def __call__(self, model: str, version: str, phase: str) -> None:
-        style = {"ready": "green", "loading": "cyan", "warming": "yellow"}.get(phase, "red" if "fail" in phase else "")
-        self.console.print(f"  {model}/{version}: [{style}]{phase}[/]" if style else f"  {model}/{version}: {phase}")
+        style = {"ready": "green", "loading": "cyan", "warming": "yellow"}.get(
+            phase, "red" if "fail" in phase else ""
+        )
+        self.console.print(
+            f"  {model}/{version}: [{style}]{phase}[/]" if style else f"  {model}/{version}: {phase}"
+        )
 
 
 def build(args: argparse.Namespace) -> tuple[Server, str, int]:
@@ -57,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     app = create_app(server)
     print(f"ladle serving {server.config.repository_path} on http://{host}:{port}", file=sys.stderr)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -65,4 +75,11 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=int(server.config.server.drain_timeout) or None,
     )
+    userver = uvicorn.Server(config)
+    # uvicorn re-raises the captured signal after shutting down, so the process would die of it;
+    # a drained stop on SIGTERM/SIGINT is a clean exit, so handle the signals here instead.
+    userver.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, userver.handle_exit)
+    userver.run()
     return 0

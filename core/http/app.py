@@ -17,8 +17,6 @@ Status table (every error body is JSON: ``{"error": message, "code": ..., ...det
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -32,6 +30,7 @@ from . import ladle_api, v2
 from .responses import error_response, json_response
 
 __all__ = ["create_app"]
+
 
 async def _ladle_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LadleError)

@@ -72,16 +72,20 @@ def records_to_arrays(records: list[Any], signature: Signature | None) -> Arrays
             else:
                 array = np.asarray(column, dtype=dtype)
         except (ValueError, TypeError) as exc:
-            raise InvalidRequestError(f"input {key!r}: values are not {dtype} rows of one shape: {exc}",
-                                      input=key) from None
+            raise InvalidRequestError(
+                f"input {key!r}: values are not {dtype} rows of one shape: {exc}", input=key
+            ) from None
         arrays[name] = array
     return arrays
 
 
 def _records(outputs: Arrays, rows: int) -> list[dict[str, Any]]:
-    columns = {name: array.tolist() if array.dtype.kind != "O" else
-               [v.decode(errors="replace") if isinstance(v, bytes) else v for v in array]
-               for name, array in outputs.items()}
+    columns = {
+        name: array.tolist()
+        if array.dtype.kind != "O"
+        else [v.decode(errors="replace") if isinstance(v, bytes) else v for v in array]
+        for name, array in outputs.items()
+    }
     return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
 
 
@@ -106,7 +110,9 @@ def routes(server: Server) -> list[BaseRoute]:
             raise InvalidRequestError(f"unknown fields {sorted(unknown)}", allowed=["id", "inputs", "params"])
         params = body.get("params") or {}
         if not isinstance(params, Mapping) or set(params) - _PARAMS:
-            raise InvalidRequestError("'params' must be an object with keys from " + ", ".join(sorted(_PARAMS)))
+            raise InvalidRequestError(
+                "'params' must be an object with keys from " + ", ".join(sorted(_PARAMS))
+            )
         records = body.get("inputs")
         if not isinstance(records, list):
             raise InvalidRequestError("'inputs' must be a list of records")

@@ -42,7 +42,9 @@ class RequestContext:
             try:
                 timeout_ms = float(raw)
             except (TypeError, ValueError):
-                raise InvalidRequestError(f"timeout_ms must be a number of milliseconds, got {raw!r}") from None
+                raise InvalidRequestError(
+                    f"timeout_ms must be a number of milliseconds, got {raw!r}"
+                ) from None
             if not 0 < timeout_ms <= 3_600_000:
                 raise InvalidRequestError(f"timeout_ms must be in (0, 3600000], got {raw!r}")
             timeout = timeout_ms / 1000.0

@@ -31,7 +31,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) more than ``limit`` bytes."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLargeError(f"request body of {length} bytes exceeds the limit of {limit}", limit=limit)
+        raise PayloadTooLargeError(
+            f"request body of {length} bytes exceeds the limit of {limit}", limit=limit
+        )
     body = await request.body()
     if len(body) > limit:
         raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes", limit=limit)

@@ -81,7 +81,9 @@ def routes(server: Server) -> list[BaseRoute]:
         header_length = None
         if length is not None:
             if not length.isdigit():
-                raise InvalidRequestError(f"Inference-Header-Content-Length must be an integer, got {length!r}")
+                raise InvalidRequestError(
+                    f"Inference-Header-Content-Length must be an integer, got {length!r}"
+                )
             header_length = int(length)
         decoded = decode_request(body, header_length, None)
         context = RequestContext.parse(headers, decoded.parameters, endpoint.timeout)

@@ -88,7 +88,9 @@ def _tensor(spec: Mapping[str, Any], raw: memoryview | None) -> np.ndarray[Any, 
         )
     shape = spec.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InvalidRequestError(f"input {name!r}: 'shape' must be a list of non-negative integers", input=name)
+        raise InvalidRequestError(
+            f"input {name!r}: 'shape' must be a list of non-negative integers", input=name
+        )
     count = 1
     for d in shape:
         count *= d
@@ -115,7 +117,9 @@ def _tensor(spec: Mapping[str, Any], raw: memoryview | None) -> np.ndarray[Any, 
             )
         return array.reshape(shape)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidRequestError(f"input {name!r}: data does not match {datatype}: {exc}", input=name) from None
+        raise InvalidRequestError(
+            f"input {name!r}: data does not match {datatype}: {exc}", input=name
+        ) from None
 
 
 def decode_request(body: bytes, header_length: int | None, signature: Signature | None) -> V2Request:
@@ -231,8 +235,9 @@ def encode_response(
     for name in names:
         array = outputs.get(name)
         if array is None:
-            raise InvalidRequestError(f"requested output {name!r} does not exist", output=name,
-                                      available=sorted(outputs))
+            raise InvalidRequestError(
+                f"requested output {name!r} does not exist", output=name, available=sorted(outputs)
+            )
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if binary is True or (isinstance(binary, set) and name in binary):
             payload = (

@@ -22,7 +22,9 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def run_server(server: Server, *, ready_timeout: float = 120.0, wait_ready: bool = True) -> Iterator[RunningServer]:
+def run_server(
+    server: Server, *, ready_timeout: float = 120.0, wait_ready: bool = True
+) -> Iterator[RunningServer]:
     """Serve ``server`` on 127.0.0.1 in a background thread; waits until ``/v2/health/ready`` is true."""
     import httpx
     import uvicorn
@@ -35,7 +37,6 @@ def run_server(server: Server, *, ready_timeout: float = 120.0, wait_ready: bool
         create_app(server), host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on"
     )
     userver = uvicorn.Server(config)
-    userver.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     thread = threading.Thread(target=lambda: asyncio.run(userver.serve()), daemon=True)
     thread.start()
     deadline = time.monotonic() + ready_timeout
@@ -53,10 +54,13 @@ def run_server(server: Server, *, ready_timeout: float = 120.0, wait_ready: bool
                     break
             except httpx.TransportError:
                 pass
-            if time.monotonic() > deadline or not thread.is_alive():
+            failed = not server.manager.loading and server.manager.failures
+            if failed or time.monotonic() > deadline or not thread.is_alive():
                 userver.should_exit = True
-                raise RuntimeError(f"ladle server at {url} did not become ready; failures: "
-                                   f"{server.manager.failures}")
+                thread.join(timeout=30)
+                raise RuntimeError(
+                    f"ladle server at {url} did not become ready; failures: {server.manager.failures}"
+                )
             time.sleep(0.05)
     try:
         yield RunningServer(server, url, userver)

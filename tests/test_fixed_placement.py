@@ -1,0 +1,144 @@
+"""The fixed scaler (ladle.plugins.scalers.fixed): a constant policy and an in-host placement."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ladle import (
+    Arrays,
+    Batch,
+    ConfigError,
+    InstanceState,
+    PluginHost,
+    Runtime,
+    RuntimeSpec,
+    ThreadExecutor,
+    VersionMetrics,
+    hookimpl,
+)
+from ladle.plugins.scalers.fixed.scaler import FixedPlacement, FixedPolicy
+from ladle.worker import ProcessExecutor
+
+
+class PidRuntime(Runtime):
+    """Answers each row with the id of the process it runs in."""
+
+    name = "pid"
+
+    def load(self) -> None:
+        self.pid = os.getpid()
+
+    def predict(self, batch: Batch) -> Arrays:
+        return {"pid": np.full(batch.rows, self.pid, dtype=np.int64)}
+
+
+@hookimpl
+def register_runtimes(register: Any) -> None:
+    register("pid", PidRuntime)
+
+
+class StateRecorder:
+    def __init__(self) -> None:
+        self.states: list[tuple[str, str, str, InstanceState]] = []
+
+    @hookimpl
+    def ladle_instance_state(self, model: str, version: str, instance: str, state: InstanceState) -> None:
+        self.states.append((model, version, instance, state))
+
+
+def make_host() -> tuple[PluginHost, StateRecorder]:
+    host = PluginHost()
+    host.add_module(__name__)  # importable by name, so a worker process can rebuild the runtime too
+    recorder = StateRecorder()
+    host.add_plugin(recorder, "state-recorder")
+    return host.collect(), recorder
+
+
+SPEC = RuntimeSpec("pid", ".", model="m", version="3")
+
+
+def metrics(**figures: Any) -> VersionMetrics:
+    return VersionMetrics("m", "3", instances=1, **figures)
+
+
+def test_the_policy_wants_the_configured_count_whatever_the_load() -> None:
+    policy = FixedPolicy({"instances": 3})
+    assert policy.desired(metrics()) == 3
+    assert policy.desired(metrics(queue_depth=10_000, in_flight=64, request_rate=5e4, p95_latency=9.0)) == 3
+    assert FixedPolicy({}).desired(metrics(queue_depth=500)) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"instances": 0}, "instances"),
+        ({"instances": "two"}, "instances"),
+        ({"executor": "gpu"}, "executor"),
+        ({"replicas": 2}, "replicas: unknown key"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_option(options: dict[str, Any], named: str) -> None:
+    host, _ = make_host()
+    with pytest.raises(ConfigError, match="'fixed'") as caught:
+        FixedPlacement(options, host)
+    assert named in caught.value.message
+    with pytest.raises(ConfigError, match=named.split(":")[0]):
+        FixedPolicy(options)
+
+
+def test_the_placement_creates_a_thread_instance_that_is_not_started_and_reports_its_states() -> None:
+    async def scenario() -> None:
+        host, recorder = make_host()
+        placement = FixedPlacement({"executor": "thread", "instances": 2}, host)
+        instance = placement.create(SPEC, 2)
+        assert isinstance(instance.executor, ThreadExecutor)
+        assert instance.name == "2" and instance.spec is SPEC and not instance.ready
+        await instance.start()
+        (result,) = await instance.execute(Batch.of({"x": np.zeros((2, 1))}))
+        assert isinstance(result, dict) and result["pid"].tolist() == [os.getpid()] * 2
+        await instance.stop(1)
+        assert [state for *_, state in recorder.states] == [
+            InstanceState.LOADING,
+            InstanceState.WARMING,
+            InstanceState.READY,
+            InstanceState.DRAINING,
+            InstanceState.STOPPED,
+        ]
+        assert {entry[:3] for entry in recorder.states} == {("m", "3", "2")}
+
+    asyncio.run(scenario())
+
+
+def test_the_placement_defaults_to_threads_and_keeps_the_configured_count() -> None:
+    host, _ = make_host()
+    placement = FixedPlacement({}, host)
+    assert isinstance(placement.create(SPEC, 0).executor, ThreadExecutor)
+    assert placement.initial_instances(4) == 4
+
+
+def test_the_process_executor_runs_the_runtime_in_a_worker_process() -> None:
+    async def scenario() -> None:
+        host, recorder = make_host()
+        instance = FixedPlacement({"executor": "process"}, host).create(SPEC, 0)
+        assert isinstance(instance.executor, ProcessExecutor)
+        try:
+            await instance.start()
+            (result,) = await instance.execute(Batch.of({"x": np.zeros((1, 1))}))
+            assert isinstance(result, dict)
+            worker = int(result["pid"][0])
+            assert worker != os.getpid() and worker == instance.executor.pid
+        finally:
+            await instance.stop(5)
+        assert recorder.states[-1][3] is InstanceState.STOPPED
+
+    asyncio.run(scenario())
+
+
+def test_the_fixed_policy_and_placement_are_registered(ladle_host: PluginHost) -> None:
+    assert ladle_host.load("scaling_policy", "fixed") is FixedPolicy
+    assert ladle_host.load("placement", "fixed") is FixedPlacement
