@@ -182,6 +182,7 @@ class BatchItem:
     rows: int
     parameters: Mapping[str, Any] = field(default_factory=dict)
     deadline: float | None = None
+    cancelled: bool = False
 
 
 @dataclass(slots=True)
@@ -204,7 +205,7 @@ class Batch:
     @classmethod
     def from_requests(cls, requests: Sequence[InferenceRequest]) -> Batch:
         """Concatenate the requests' inputs; a single request's arrays are used as they are."""
-        items = [BatchItem(r.id, r.rows, r.parameters, r.deadline) for r in requests]
+        items = [BatchItem(r.id, r.rows, r.parameters, r.deadline, r.cancel.cancelled) for r in requests]
         if len(requests) == 1:
             return cls(requests[0].inputs, items)
         names = requests[0].inputs.keys()
@@ -224,6 +225,19 @@ class Batch:
 
     def select(self, index: int) -> Batch:
         """The sub-batch holding only item ``index``."""
-        start = sum(item.rows for item in self.items[:index])
-        stop = start + self.items[index].rows
-        return Batch({n: a[start:stop] for n, a in self.inputs.items()}, [self.items[index]])
+        return self.subset([index])
+
+    def subset(self, indices: Sequence[int]) -> Batch:
+        """The sub-batch of the items at ``indices`` (in that order)."""
+        starts = [0]
+        for item in self.items:
+            starts.append(starts[-1] + item.rows)
+        if len(indices) == 1:
+            i = indices[0]
+            inputs = {n: a[starts[i] : starts[i + 1]] for n, a in self.inputs.items()}
+        else:
+            inputs = {
+                n: np.concatenate([a[starts[i] : starts[i + 1]] for i in indices])
+                for n, a in self.inputs.items()
+            }
+        return Batch(inputs, [self.items[i] for i in indices])

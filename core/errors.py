@@ -12,7 +12,8 @@ LadleError                      500  base class; a bug or a dead backend
 │   ├── UnauthorizedError       401  missing or wrong bearer token
 │   ├── ModelNotFoundError      404  unknown model or version
 │   ├── PayloadTooLargeError    413  more rows than the batcher accepts
-│   └── SignatureMismatchError  422  tensor names, types or shapes off the signature
+│   ├── SignatureMismatchError  422  tensor names, types or shapes off the signature
+│   └── RequestCancelledError   499  the client went away before the request ran
 ├── ServerBusyError             503  queue full; carries Retry-After
 ├── ModelNotReadyError          503  loading, draining or failed
 ├── DeadlineExceededError       504  the request's deadline passed
@@ -39,6 +40,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PluginError",
     "PluginNotFoundError",
+    "RequestCancelledError",
     "RuntimeFailureError",
     "ServerBusyError",
     "SignatureMismatchError",
@@ -127,6 +129,13 @@ class PayloadTooLargeError(ClientError):
 class SignatureMismatchError(ClientError):
     status = 422
     code = "signature_mismatch"
+
+
+class RequestCancelledError(ClientError):
+    """The request was cancelled (client disconnected) before it ran; 499 as nginx logs it."""
+
+    status = 499
+    code = "cancelled"
 
 
 class ServerBusyError(LadleError):

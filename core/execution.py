@@ -6,12 +6,13 @@ failing item is isolated next to the runtime instead of costing one process hop 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 
 from .envelope import Arrays, Batch
-from .errors import LadleError, RuntimeFailureError
+from .errors import DeadlineExceededError, LadleError, RequestCancelledError, RuntimeFailureError
 from .runtime import Runtime
 
 __all__ = ["ItemResult", "execute_isolated"]
@@ -46,8 +47,36 @@ def _checked(outputs: Any, batch: Batch, runtime: Runtime) -> Arrays:
     return outputs
 
 
+def _skipped(batch: Batch) -> dict[int, LadleError]:
+    """Items that must not run: cancelled, or past their deadline."""
+    now = time.monotonic()
+    skipped: dict[int, LadleError] = {}
+    for index, item in enumerate(batch.items):
+        if item.cancelled:
+            skipped[index] = RequestCancelledError(
+                "request was cancelled before it ran", request_id=item.request_id
+            )
+        elif item.deadline is not None and item.deadline <= now:
+            skipped[index] = DeadlineExceededError(
+                "deadline passed before the request ran", request_id=item.request_id
+            )
+    return skipped
+
+
 def execute_isolated(runtime: Runtime, batch: Batch) -> list[ItemResult]:
-    """Run ``batch``; if it fails and holds several items, run each alone so one bad item fails alone."""
+    """Run ``batch`` without its cancelled or expired items; if it fails and holds several items,
+    run each alone so one bad item fails alone."""
+    skipped = _skipped(batch)
+    if not skipped:
+        return _run(runtime, batch)
+    live = [i for i in range(len(batch.items)) if i not in skipped]
+    if not live:
+        return [skipped[i] for i in range(len(batch.items))]
+    ran = iter(_run(runtime, batch.subset(live)))
+    return [skipped[i] if i in skipped else next(ran) for i in range(len(batch.items))]
+
+
+def _run(runtime: Runtime, batch: Batch) -> list[ItemResult]:
     try:
         outputs: list[ItemResult] = list(batch.split(_checked(runtime.predict(batch), batch, runtime)))
         return outputs

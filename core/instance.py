@@ -169,7 +169,8 @@ class Instance:
         except BaseException as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             self._set(InstanceState.FAILED)
-            await self.executor.stop()
+            with contextlib.suppress(Exception):  # keep the load error, not a cleanup error
+                await self.executor.stop()
             raise
         self.started_at = time.time()
         self._set(InstanceState.READY)

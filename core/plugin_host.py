@@ -58,6 +58,7 @@ class Registration:
     api_version: int = API_VERSION
     detect: Detector | None = None
     description: str = ""
+    distribution: str = ""
 
     def missing(self) -> list[str]:
         """Required modules that cannot be found (checked without importing them)."""
@@ -67,7 +68,7 @@ class Registration:
         """The factory, imported on first use; raises ``MissingDependencyError`` naming the extra."""
         missing = self.missing()
         if missing:
-            hint = f"pip install 'ladle[{self.extra}]'" if self.extra else f"pip install {' '.join(missing)}"
+            hint = self.install_hint(missing)
             raise MissingDependencyError(
                 f"{self.family} {self.name!r} (plugin {self.plugin!r}) needs {', '.join(missing)}: {hint}",
                 plugin=self.plugin,
@@ -88,6 +89,13 @@ class Registration:
                 ) from exc
             return target
         return self.factory
+
+
+    def install_hint(self, missing: list[str]) -> str:
+        """``pip install 'dist[extra]'`` when the plugin's distribution and extra are known."""
+        if self.extra and self.distribution:
+            return f"pip install '{self.distribution}[{self.extra}]'"
+        return f"pip install {' '.join(missing)}"
 
 
 def _find_spec(name: str) -> Any:
@@ -122,6 +130,7 @@ class Register:
             or not name.replace("-", "_").replace(".", "_").isidentifier()
         ):
             raise PluginError(f"plugin {self._plugin!r} registered an invalid {self._family} name {name!r}")
+        record = self._host.records.get(self._plugin)
         if api_version > API_VERSION:
             raise PluginError(
                 f"plugin {self._plugin!r} needs ladle plugin API {api_version}, "
@@ -139,6 +148,7 @@ class Register:
                 api_version,
                 detect,
                 description,
+                record.distribution if record is not None else "",
             )
         )
 
@@ -153,10 +163,12 @@ class PluginRecord:
     status: Literal["loaded", "disabled", "failed"] = "loaded"
     error: str = ""
     hooks: list[str] = field(default_factory=list)
+    distribution: str = ""
 
     def to_dict(self, registrations: list[Registration]) -> dict[str, Any]:
         return {
             "name": self.name,
+            "distribution": self.distribution,
             "version": self.version,
             "source": self.source,
             "status": self.status,
@@ -169,6 +181,7 @@ class PluginRecord:
                     "requires": list(r.requires),
                     "missing": r.missing(),
                     "extra": r.extra,
+                    "install": r.install_hint(r.missing()) if r.missing() else "",
                     "description": r.description,
                 }
                 for r in registrations
@@ -198,7 +211,7 @@ class PluginHost:
         """Load every ``ladle`` entry point that is not disabled, then collect registrations."""
         seen: dict[str, str] = {}
         for ep in sorted(metadata.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
-            dist = ep.dist.name if ep.dist is not None else "?"
+            dist = ep.dist.name if ep.dist is not None else ""
             version = ep.dist.version if ep.dist is not None else ""
             if ep.name in seen and seen[ep.name] != ep.value:
                 raise DuplicatePluginError(
@@ -209,19 +222,21 @@ class PluginHost:
                 continue
             seen[ep.name] = ep.value
             if ep.name in self.disabled:
-                self.records[ep.name] = PluginRecord(ep.name, ep.value, version, "disabled")
+                self.records[ep.name] = PluginRecord(ep.name, ep.value, version, "disabled", distribution=dist)
                 continue
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin must not take the others down
                 self.records[ep.name] = PluginRecord(
-                    ep.name, ep.value, version, "failed", f"{type(exc).__name__}: {exc}"
+                    ep.name, ep.value, version, "failed", f"{type(exc).__name__}: {exc}", distribution=dist
                 )
                 continue
-            self.add_plugin(module, ep.name, source=ep.value, version=version)
+            self.add_plugin(module, ep.name, source=ep.value, version=version, distribution=dist)
         return self.collect()
 
-    def add_plugin(self, plugin: Any, name: str, *, source: str = "", version: str = "") -> None:
+    def add_plugin(
+        self, plugin: Any, name: str, *, source: str = "", version: str = "", distribution: str = ""
+    ) -> None:
         """Register a plugin object or module directly (tests, ``plugins.modules`` in config)."""
         if name in self.disabled:
             self.records[name] = PluginRecord(name, source, version, "disabled")
@@ -234,7 +249,9 @@ class PluginHost:
         hooks = sorted(impl.name for impl in self.pm.get_hookcallers(plugin) or ())
         if not source:
             source = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__qualname__
-        self.records[name] = PluginRecord(name, source, version, "loaded", hooks=hooks)
+        self.records[name] = PluginRecord(
+            name, source, version, "loaded", hooks=hooks, distribution=distribution
+        )
         self._collected = False
 
     def add_module(self, module_name: str) -> None:

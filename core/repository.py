@@ -13,13 +13,13 @@ from .runtime import RuntimeSpec
 
 __all__ = ["ModelPlan", "ModelRepository", "check_name", "version_key"]
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _PARTS = re.compile(r"(\d+)")
 
 
 def check_name(kind: str, value: str) -> str:
     """Return ``value`` if it is a valid model or version name, else raise ``InvalidRequestError`` (400)."""
-    if not _NAME.match(value) or value in (".", "..") or set(value) == {"."}:
+    if not _NAME.fullmatch(value) or value in (".", "..") or set(value) == {"."}:
         raise InvalidRequestError(
             f"invalid {kind} name {value!r}: use letters, digits, '.', '_' and '-'", **{kind: value}
         )
@@ -50,12 +50,12 @@ class ModelRepository:
     def models(self) -> list[str]:
         if not self.root.is_dir():
             raise ConfigError(f"model repository {self.root} is not a directory", file=str(self.root))
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name))
 
     def versions(self, model: str) -> list[str]:
         """Every version directory of ``model``, in natural order."""
         directory = self.model_dir(model)
-        found = [p.name for p in directory.iterdir() if p.is_dir() and _NAME.match(p.name)]
+        found = [p.name for p in directory.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)]
         return sorted(found, key=version_key)
 
     def model_dir(self, model: str) -> Path:

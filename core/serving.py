@@ -287,7 +287,7 @@ class ModelManager:
         endpoint.versions[version] = version_endpoint
         if traffic:
             self.publish(model)
-        self._report(model, version, "ready")
+        self._report(model, version, "serving" if traffic else "loaded, no traffic yet")
         return version_endpoint
 
     def publish(self, model: str, weights: dict[str, float] | None = None) -> None:

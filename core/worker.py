@@ -264,7 +264,9 @@ class ProcessExecutor(Executor):
 
     def _execute(self, batch: Batch) -> list[ItemResult]:
         path, layout, by_pipe = self._arena.write(batch.inputs)
-        items = [BatchItem(i.request_id, i.rows, dict(i.parameters), i.deadline) for i in batch.items]
+        items = [
+            BatchItem(i.request_id, i.rows, dict(i.parameters), i.deadline, i.cancelled) for i in batch.items
+        ]
         packed = self._roundtrip(("execute", path, layout, by_pipe, items))
         return _unpack_results(self._results, packed)
 

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         print(orjson.dumps(plugins, option=orjson.OPT_INDENT_2).decode())
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="ladle plugins")
@@ -40,11 +41,9 @@ def run(args: argparse.Namespace) -> int:
     for plugin in plugins:
         registers = ", ".join(f"{r['family']}:{r['name']}" for r in plugin["registers"])
         missing = sorted({m for r in plugin["registers"] for m in r["missing"]})
-        extras = sorted({r["extra"] for r in plugin["registers"] if r["missing"] and r["extra"]})
-        deps = (
-            "ok" if not missing else f"missing {', '.join(missing)} (pip install 'ladle[{','.join(extras)}]')"
-        )
+        hints = sorted({r["install"] for r in plugin["registers"] if r["install"]})
+        deps = "ok" if not missing else f"missing {', '.join(missing)} ({'; '.join(hints)})"
         status = plugin["status"] if not plugin["error"] else f"{plugin['status']}: {plugin['error']}"
-        table.add_row(plugin["name"], plugin["version"], status, registers, deps)
+        table.add_row(*(escape(cell) for cell in (plugin["name"], plugin["version"], status, registers, deps)))
     Console().print(table)
     return 0
