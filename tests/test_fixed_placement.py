@@ -42,21 +42,10 @@ def register_runtimes(register: Any) -> None:
     register("pid", PidRuntime)
 
 
-class StateRecorder:
-    def __init__(self) -> None:
-        self.states: list[tuple[str, str, str, InstanceState]] = []
-
-    @hookimpl
-    def ladle_instance_state(self, model: str, version: str, instance: str, state: InstanceState) -> None:
-        self.states.append((model, version, instance, state))
-
-
-def make_host() -> tuple[PluginHost, StateRecorder]:
+def make_host() -> PluginHost:
     host = PluginHost()
     host.add_module(__name__)  # importable by name, so a worker process can rebuild the runtime too
-    recorder = StateRecorder()
-    host.add_plugin(recorder, "state-recorder")
-    return host.collect(), recorder
+    return host.collect()
 
 
 SPEC = RuntimeSpec("pid", ".", model="m", version="3")
@@ -83,7 +72,7 @@ def test_the_policy_wants_the_configured_count_whatever_the_load() -> None:
     ],
 )
 def test_bad_options_are_refused_naming_the_option(options: dict[str, Any], named: str) -> None:
-    host, _ = make_host()
+    host = make_host()
     with pytest.raises(ConfigError, match="'fixed'") as caught:
         FixedPlacement(options, host)
     assert named in caught.value.message
@@ -91,31 +80,33 @@ def test_bad_options_are_refused_naming_the_option(options: dict[str, Any], name
         FixedPolicy(options)
 
 
-def test_the_placement_creates_a_thread_instance_that_is_not_started_and_reports_its_states() -> None:
+def test_the_placement_creates_a_thread_instance_that_is_not_started_and_goes_through_the_lifecycle() -> None:
     async def scenario() -> None:
-        host, recorder = make_host()
+        host = make_host()
         placement = FixedPlacement({"executor": "thread", "instances": 2}, host)
         instance = placement.create(SPEC, 2)
+        states: list[tuple[str, InstanceState]] = []
+        instance.listener = lambda changed, state: states.append((changed.name, state))
         assert isinstance(instance.executor, ThreadExecutor)
         assert instance.name == "2" and instance.spec is SPEC and not instance.ready
         await instance.start()
         (result,) = await instance.execute(Batch.of({"x": np.zeros((2, 1))}))
         assert isinstance(result, dict) and result["pid"].tolist() == [os.getpid()] * 2
         await instance.stop(1)
-        assert [state for *_, state in recorder.states] == [
+        assert [state for _, state in states] == [
             InstanceState.LOADING,
             InstanceState.WARMING,
             InstanceState.READY,
             InstanceState.DRAINING,
             InstanceState.STOPPED,
         ]
-        assert {entry[:3] for entry in recorder.states} == {("m", "3", "2")}
+        assert {name for name, _ in states} == {"2"}
 
     asyncio.run(scenario())
 
 
 def test_the_placement_defaults_to_threads_and_keeps_the_configured_count() -> None:
-    host, _ = make_host()
+    host = make_host()
     placement = FixedPlacement({}, host)
     assert isinstance(placement.create(SPEC, 0).executor, ThreadExecutor)
     assert placement.initial_instances(4) == 4
@@ -123,7 +114,7 @@ def test_the_placement_defaults_to_threads_and_keeps_the_configured_count() -> N
 
 def test_the_process_executor_runs_the_runtime_in_a_worker_process() -> None:
     async def scenario() -> None:
-        host, recorder = make_host()
+        host = make_host()
         instance = FixedPlacement({"executor": "process"}, host).create(SPEC, 0)
         assert isinstance(instance.executor, ProcessExecutor)
         try:
@@ -134,7 +125,7 @@ def test_the_process_executor_runs_the_runtime_in_a_worker_process() -> None:
             assert worker != os.getpid() and worker == instance.executor.pid
         finally:
             await instance.stop(5)
-        assert recorder.states[-1][3] is InstanceState.STOPPED
+        assert instance.state is InstanceState.STOPPED
 
     asyncio.run(scenario())
 
