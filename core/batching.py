@@ -28,8 +28,11 @@ class BatchObserver(Protocol):
         started: float,
         finished: float,
         errors: Sequence[str | None],
+        outputs: Sequence[Arrays | None] | None = None,
+        runtime: tuple[float, float] | None = None,
     ) -> None:
-        """``started``/``finished`` are ``time.monotonic()``; ``errors[i]`` is the error code of request i."""
+        """``started``/``finished`` are ``time.monotonic()``; ``errors[i]`` is the error code of request i;
+        ``outputs[i]`` its outputs (``None`` when it failed); ``runtime`` the span the instance ran."""
 
     def requests_dropped(self, requests: Sequence[InferenceRequest], code: str) -> None:
         """Requests answered without running (deadline passed, cancelled, shed)."""
@@ -42,6 +45,8 @@ class NullObserver:
         started: float,
         finished: float,
         errors: Sequence[str | None],
+        outputs: Sequence[Arrays | None] | None = None,
+        runtime: tuple[float, float] | None = None,
     ) -> None:
         return None
 

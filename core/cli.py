@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "serve a model repository or a ladle.toml over HTTP"),
     "demo": ("demo", "build small demo models and serve them"),
     "plugins": ("plugins", "list plugins, what they register and their dependency status"),
-    "top": ("top", "a live terminal view of a running server's models"),
+    "top": ("top", "live view of a server: req/s, latency, errors, queue depth, drift"),
     "deploy": ("deploy", "deploy a model version through the control API"),
     "traffic": ("traffic", "set the traffic split of a model's versions"),
     "rollback": ("rollback", "roll a model back to its previous stable version"),

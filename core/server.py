@@ -11,7 +11,7 @@ from typing import Any
 from .config import SERVER_CONFIG_FILE, ServerConfig, load_server_config
 from .errors import ConfigError
 from .plugin_host import PluginHost
-from .serving import ModelManager, ObserverFactory, Progress
+from .serving import ModelManager, ObserverFactory, Progress, VersionEndpoint
 
 __all__ = ["Server", "load_config"]
 
@@ -51,12 +51,26 @@ class Server:
             host.discover()
         self.host = host
         self.host.hook.ladle_configure(config=config)
-        self.telemetry: Any = None
-        self.extra_routes: list[Any] = []
-        self.on_stop: list[Callable[[], Any]] = []
-        self.manager = ModelManager(config, host, observers, progress)
+        from .telemetry import Telemetry, telemetry_routes
+
+        self.telemetry = Telemetry.from_server_config(config)
+        self.trace_context = self.telemetry.sampler.start_request
+        self.extra_routes: list[Any] = list(telemetry_routes(self.telemetry))
+        self.on_stop: list[Callable[[], Any]] = [self.telemetry.close]
+        self.manager = ModelManager(config, host, observers or self.telemetry.observer_for, progress)
+        self.manager.version_listeners.append(self._version_changed)
         self.plans = self.manager.plan()  # validate all model config before serving anything
         self._loading: asyncio.Task[None] | None = None
+
+    def _version_changed(self, model: str, version: str, endpoint: VersionEndpoint | None) -> None:
+        if endpoint is None:
+            self.telemetry.version_removed(model, version)
+            return
+        signature = endpoint.config.signature or (endpoint.signature.to_dict() if endpoint.signature else None)
+        self.telemetry.version_ready(model, version, batcher=endpoint.batcher, signature=signature)
+        checks = self.telemetry.input_checks(model, version)
+        if checks is not None:
+            endpoint.input_checks = checks.validate
 
     async def start(self) -> None:
         """Load every model (in the background of the running server) and call ``ladle_startup``."""

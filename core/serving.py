@@ -31,7 +31,7 @@ from .tensors import Signature
 if TYPE_CHECKING:
     from .deployments.delivery import Delivery
 
-__all__ = ["ModelEndpoint", "ModelManager", "ObserverFactory", "VersionEndpoint"]
+__all__ = ["ModelEndpoint", "ModelManager", "ObserverFactory", "VersionEndpoint", "VersionListener"]
 
 logger = logging.getLogger("ladle.serving")
 
@@ -39,6 +39,8 @@ logger = logging.getLogger("ladle.serving")
 ObserverFactory = Callable[[str, str], BatchObserver | None]
 #: Progress callback: (model, version, instance state or a phase name).
 Progress = Callable[[str, str, str], None]
+#: Called with a version endpoint once it is ready, and with ``(model, version, None)`` once removed.
+VersionListener = Callable[[str, str, "VersionEndpoint | None"], None]
 
 
 def _expire(future: asyncio.Future[Arrays], request: InferenceRequest) -> None:
@@ -69,6 +71,8 @@ class VersionEndpoint:
         self.placement = placement
         self.signature: Signature | None = None
         self.loaded_at = 0.0
+        #: Optional check of a request's inputs before it queues (raises a 4xx ``LadleError``).
+        self.input_checks: Callable[[Arrays], None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -151,6 +155,8 @@ class ModelEndpoint:
         endpoint = self.version(request.version, request)
         if endpoint.signature is not None:
             endpoint.signature.check_inputs(request.inputs)
+        if endpoint.input_checks is not None:
+            endpoint.input_checks(request.inputs)
         request.version = endpoint.version
         future = endpoint.batcher.submit(request)
         if request.deadline is not None:
@@ -185,6 +191,7 @@ class ModelManager:
         self.models: dict[str, ModelEndpoint] = {}
         self._observers = observers
         self._progress = progress
+        self.version_listeners: list[VersionListener] = []
         self.loading = True
         self.failures: dict[str, str] = {}
 
@@ -285,6 +292,8 @@ class ModelManager:
                 await version_endpoint.stop(0)
             raise
         endpoint.versions[version] = version_endpoint
+        for listener in self.version_listeners:
+            listener(model, version, version_endpoint)
         if traffic:
             self.publish(model)
         self._report(model, version, "serving" if traffic else "loaded, no traffic yet")
@@ -313,6 +322,8 @@ class ModelManager:
         )
         del endpoint.versions[version]
         await target.stop(self.config.server.drain_timeout if drain_timeout is None else drain_timeout)
+        for listener in self.version_listeners:
+            listener(model, version, None)
 
     async def close(self, drain_timeout: float | None = None) -> None:
         timeout = self.config.server.drain_timeout if drain_timeout is None else drain_timeout

@@ -92,6 +92,7 @@ def _records(outputs: Arrays, rows: int) -> list[dict[str, Any]]:
 def routes(server: Server) -> list[BaseRoute]:
     manager = server.manager
     limit = server.config.server.max_request_bytes
+    trace_context = server.trace_context
 
     def _signature(endpoint: ModelEndpoint, version: str | None) -> Signature | None:
         if version is not None:
@@ -120,7 +121,7 @@ def routes(server: Server) -> list[BaseRoute]:
         if version is not None:
             version = str(version)
         arrays = records_to_arrays(records, _signature(endpoint, version))
-        context = RequestContext.parse(request.headers, params, endpoint.timeout)
+        context = RequestContext.parse(request.headers, params, endpoint.timeout, trace_context)
         envelope = InferenceRequest(
             endpoint.name,
             arrays,

@@ -4,7 +4,7 @@ trace context. Header names are case-insensitive; a parameter wins over a header
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..envelope import Priority, TraceContext
@@ -33,7 +33,11 @@ class RequestContext:
 
     @classmethod
     def parse(
-        cls, headers: Mapping[str, str], parameters: Mapping[str, Any], default_timeout: float
+        cls,
+        headers: Mapping[str, str],
+        parameters: Mapping[str, Any],
+        default_timeout: float,
+        trace_context: Callable[[Mapping[str, str]], TraceContext | None] | None = None,
     ) -> RequestContext:
         """Read ``timeout_ms``/``priority``/``routing_key`` parameters, else the ``Ladle-*`` headers."""
         timeout = default_timeout
@@ -56,8 +60,5 @@ class RequestContext:
             except ValueError as exc:
                 raise InvalidRequestError(str(exc), parameter="priority") from None
         key = parameters.get("routing_key", headers.get(ROUTING_KEY_HEADER))
-        trace = None
-        traceparent = headers.get("traceparent")
-        if traceparent:
-            trace = TraceContext.from_traceparent(traceparent, headers.get("tracestate", ""))
+        trace = trace_context(headers) if trace_context is not None else None
         return cls(time.monotonic() + timeout, priority, str(key) if key is not None else None, trace)

@@ -38,6 +38,7 @@ def _metadata(endpoint: ModelEndpoint, version: VersionEndpoint | None) -> dict[
 def routes(server: Server) -> list[BaseRoute]:
     manager = server.manager
     limit = server.config.server.max_request_bytes
+    trace_context = server.trace_context
 
     async def live(request: Request) -> Response:
         return Response(b'{"live":true}', 200, media_type=JSON)
@@ -86,7 +87,7 @@ def routes(server: Server) -> list[BaseRoute]:
                 )
             header_length = int(length)
         decoded = decode_request(body, header_length, None)
-        context = RequestContext.parse(headers, decoded.parameters, endpoint.timeout)
+        context = RequestContext.parse(headers, decoded.parameters, endpoint.timeout, trace_context)
         envelope = InferenceRequest(
             endpoint.name,
             decoded.inputs,

@@ -155,8 +155,13 @@ class RecordingObserver:
         started: float,
         finished: float,
         errors: Sequence[str | None],
+        outputs: Sequence[Arrays | None] | None = None,
+        runtime: tuple[float, float] | None = None,
     ) -> None:
         assert started <= finished
+        assert outputs is None or len(outputs) == len(requests)
+        assert all((o is None) == (e is not None) for o, e in zip(outputs or (), errors, strict=False))
+        assert runtime is None or started <= runtime[0] <= runtime[1] <= finished
         self.batches.append(([r.id for r in requests], list(errors)))
 
     def requests_dropped(self, requests: Sequence[InferenceRequest], code: str) -> None:

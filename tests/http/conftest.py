@@ -23,7 +23,7 @@ def write_repository(root: Path) -> Path:
     for name, extra in {
         "echo": 'version_policy = "all"\n',
         "tiny_queue": "[batcher]\nmax_queue_size = 1\nmax_batch_size = 4\n",
-        "strings": "",
+        "counted": "",
     }.items():
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "model.toml").write_text(f'runtime = "behaviour"\ntimeout = 5.0\n{extra}')

@@ -211,8 +211,12 @@ class QueueingBatcher(Batcher):
     ) -> None:
         started = time.monotonic()
         errors: list[str | None]
+        outputs: list[Arrays | None] | None = None
+        ran = started
         try:
-            results = await instance.execute(self._make_batch(requests))
+            batch = self._make_batch(requests)
+            ran = time.monotonic()
+            results = await instance.execute(batch)
             if len(results) != len(requests):
                 raise RuntimeFailureError(
                     f"instance {instance.name} returned {len(results)} results for {len(requests)} requests"
@@ -225,17 +229,21 @@ class QueueingBatcher(Batcher):
             errors = [error.code] * len(requests)
         else:
             errors = []
+            outputs = []
             for future, result in zip(futures, results, strict=True):
                 if isinstance(result, LadleError):
                     errors.append(result.code)
+                    outputs.append(None)
                     if not future.done():
                         future.set_exception(result)
                 else:
                     errors.append(None)
+                    outputs.append(result)
                     if not future.done():
                         future.set_result(result)
+        finished = time.monotonic()
         self._finish(instance, len(requests))
-        self.observer.batch_done(requests, started, time.monotonic(), errors)
+        self.observer.batch_done(requests, started, finished, errors, outputs, (ran, finished))
 
     def _finish(self, instance: Instance, count: int) -> None:
         left = self._load.get(instance, 1) - 1
