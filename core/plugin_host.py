@@ -90,7 +90,6 @@ class Registration:
             return target
         return self.factory
 
-
     def install_hint(self, missing: list[str]) -> str:
         """``pip install 'dist[extra]'`` when the plugin's distribution and extra are known."""
         if self.extra and self.distribution:
@@ -222,7 +221,9 @@ class PluginHost:
                 continue
             seen[ep.name] = ep.value
             if ep.name in self.disabled:
-                self.records[ep.name] = PluginRecord(ep.name, ep.value, version, "disabled", distribution=dist)
+                self.records[ep.name] = PluginRecord(
+                    ep.name, ep.value, version, "disabled", distribution=dist
+                )
                 continue
             try:
                 module = ep.load()

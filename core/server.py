@@ -66,7 +66,9 @@ class Server:
         if endpoint is None:
             self.telemetry.version_removed(model, version)
             return
-        signature = endpoint.config.signature or (endpoint.signature.to_dict() if endpoint.signature else None)
+        signature = endpoint.config.signature or (
+            endpoint.signature.to_dict() if endpoint.signature else None
+        )
         self.telemetry.version_ready(model, version, batcher=endpoint.batcher, signature=signature)
         checks = self.telemetry.input_checks(model, version)
         if checks is not None:

@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         hints = sorted({r["install"] for r in plugin["registers"] if r["install"]})
         deps = "ok" if not missing else f"missing {', '.join(missing)} ({'; '.join(hints)})"
         status = plugin["status"] if not plugin["error"] else f"{plugin['status']}: {plugin['error']}"
-        table.add_row(*(escape(cell) for cell in (plugin["name"], plugin["version"], status, registers, deps)))
+        table.add_row(
+            *(escape(cell) for cell in (plugin["name"], plugin["version"], status, registers, deps))
+        )
     Console().print(table)
     return 0

@@ -13,9 +13,12 @@ def samples(client: httpx.Client, name: str, version: str = "1") -> dict[str, fl
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
             labels = sample.labels
-            if sample.name == name and labels.get("ladle_model_name") == "counted":
-                if labels.get("ladle_model_version") == version:
-                    found[labels.get("error_type", "")] = sample.value
+            wanted = (labels.get("ladle_model_name"), labels.get("ladle_model_version")) == (
+                "counted",
+                version,
+            )
+            if sample.name == name and wanted:
+                found[labels.get("error_type", "")] = sample.value
     return found
 
 
