@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 SERVER_CONFIG_FILE = "ladle.toml"
+DEFAULT_BATCHER = "dynamic"
 MODEL_CONFIG_FILE = "model.toml"
 
 
@@ -87,7 +88,7 @@ class ModelConfig(_Strict):
     trust_code: bool = False
     timeout: float = Field(default=30.0, gt=0, description="default deadline of a request, seconds")
     version_policy: VersionPolicy = VersionPolicy()
-    batcher: PluginChoice = PluginChoice(name="dynamic")
+    batcher: PluginChoice = PluginChoice(name=DEFAULT_BATCHER)
     router: PluginChoice = PluginChoice(name="single")
     placement: PluginChoice = PluginChoice(name="fixed")
     signature: dict[str, Any] | None = None
@@ -183,7 +184,7 @@ def load_server_config(path: Path | None) -> ServerConfig:
 
 
 _BUILTIN: dict[str, Any] = {
-    "batcher": {"name": "dynamic"},
+    "batcher": {"name": DEFAULT_BATCHER},
     "router": {"name": "single"},
     "placement": {"name": "fixed"},
 }

@@ -73,11 +73,15 @@ class Runtime:
     Subclasses set ``name`` and override ``load`` and ``predict``; they may override ``signature``
     (when the artifact carries one), ``warmup`` and ``unload``. ``pads`` tells the batcher that
     requests of different shapes may share a batch; ``max_batch_rows`` caps a batch (``1`` for a
-    program exported with a static batch dimension).
+    program exported with a static batch dimension); ``preferred_batcher`` names the batcher used
+    when the config leaves the default.
     """
 
     name: ClassVar[str] = "runtime"
     pads: ClassVar[bool] = False
+    #: The batcher this runtime needs when the model's config does not choose one (e.g. a step-able
+    #: runtime needs ``"continuous"``).
+    preferred_batcher: ClassVar[str | None] = None
 
     def __init__(self, spec: RuntimeSpec) -> None:
         self.spec = spec

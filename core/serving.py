@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .batching import Batcher, BatchObserver, ReplicaSet
-from .config import ModelConfig, ServerConfig
+from .config import DEFAULT_BATCHER, ModelConfig, ServerConfig
 from .envelope import Arrays, InferenceRequest
 from .errors import ConfigError, DeadlineExceededError, LadleError, ModelNotFoundError, ModelNotReadyError
 from .instance import Instance
@@ -282,8 +282,12 @@ class ModelManager:
         placement: Placement = placement_factory(placement_options, self.host)
         replicas = ReplicaSet(model, version)
         observer = self._observers(model, version) if self._observers else None
-        batcher_factory = self.host.load("batcher", config.batcher.name)
-        batcher: Batcher = batcher_factory(replicas, config.batcher.options, observer)
+        batcher_name, batcher_options = config.batcher.name, config.batcher.options
+        preferred = getattr(self.host.load("runtime", spec.plugin), "preferred_batcher", None)
+        if preferred and batcher_name == DEFAULT_BATCHER and not batcher_options:
+            batcher_name = preferred
+        batcher_factory = self.host.load("batcher", batcher_name)
+        batcher: Batcher = batcher_factory(replicas, batcher_options, observer)
         version_endpoint = VersionEndpoint(spec, config, replicas, batcher, placement)
         try:
             await version_endpoint.start(placement.initial_instances(config.instances), self._listener)

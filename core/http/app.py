@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 from .. import __version__
 from ..errors import LadleError, RuntimeFailureError
 from ..server import Server
-from . import ladle_api, v2
+from . import generation_api, ladle_api, v2
 from .responses import error_response, json_response
 
 __all__ = ["create_app"]
@@ -73,6 +73,7 @@ def create_app(server: Server) -> Starlette:
         *_server_routes(server),
         *v2.routes(server),
         *ladle_api.routes(server),
+        *generation_api.routes(server),
         *server.extra_routes,
     ]
     app = Starlette(
