@@ -37,6 +37,7 @@ class RuntimeInfo:
     memory_bytes: int | None
     max_batch_rows: int | None
     pads: bool
+    details: dict[str, Any]
 
     @classmethod
     def of(cls, runtime: Runtime, rss_before: int) -> RuntimeInfo:
@@ -49,6 +50,7 @@ class RuntimeInfo:
             measured,
             runtime.max_batch_rows,
             type(runtime).pads,
+            runtime.describe(),
         )
 
 
@@ -210,6 +212,7 @@ class Instance:
             "state": self.state.value,
             "in_flight": self.in_flight,
             "memory_bytes": self.info.memory_bytes if self.info else None,
+            "runtime": self.info.details if self.info else {},
             "error": self.error,
         }
 

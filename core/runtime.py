@@ -9,7 +9,7 @@ thread, a worker process, a Ray actor or a pod.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -20,7 +20,7 @@ import numpy as np
 from .envelope import Arrays, Batch
 from .tensors import Signature, numpy_dtype
 
-__all__ = ["InstanceState", "Runtime", "RuntimeSpec", "process_rss_bytes"]
+__all__ = ["InstanceState", "Runtime", "RuntimeSpec", "process_rss_bytes", "run_fixed_batches"]
 
 
 class InstanceState(StrEnum):
@@ -119,6 +119,10 @@ class Runtime:
             inputs[spec.name] = np.zeros(shape, dtype=numpy_dtype(spec.datatype))
         self.predict(Batch.of(inputs))
 
+    def describe(self) -> dict[str, Any]:
+        """What this runtime actually runs on (device, active providers...), for status listings."""
+        return {}
+
     def memory_bytes(self) -> int | None:
         """Memory this runtime holds after load and warm-up, measured by the runtime; ``None`` if unknown."""
         return None
@@ -134,3 +138,18 @@ def process_rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def run_fixed_batches(run: Callable[[Arrays], Arrays], inputs: Arrays, rows: int, size: int) -> Arrays:
+    """Run ``run`` on slices of exactly ``size`` rows (the last padded by repeating its last row)
+    and join the outputs, trimmed back to ``rows``: how a graph with a fixed batch serves any batch."""
+    parts: list[Arrays] = []
+    for start in range(0, rows, size):
+        real = min(size, rows - start)
+        chunk = {name: array[start : start + real] for name, array in inputs.items()}
+        if real < size:
+            chunk = {n: np.concatenate([a, np.repeat(a[-1:], size - real, axis=0)]) for n, a in chunk.items()}
+        parts.append({name: value[:real] for name, value in run(chunk).items()})
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
