@@ -278,7 +278,11 @@ class ModelManager:
         if version in endpoint.versions:
             raise ConfigError(f"version {version!r} of model {model!r} is already loaded", model=model)
         placement_factory = self.host.load("placement", config.placement.name)
-        placement_options = {"executor": config.executor, **config.placement.options}
+        placement_options = {
+            "executor": config.executor,
+            "inline_budget_ms": config.inline_budget_ms,
+            **config.placement.options,
+        }
         placement: Placement = placement_factory(placement_options, self.host)
         replicas = ReplicaSet(model, version)
         observer = self._observers(model, version) if self._observers else None

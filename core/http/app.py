@@ -27,6 +27,7 @@ from .. import __version__
 from ..errors import LadleError, RuntimeFailureError
 from ..server import Server
 from . import generation_api, ladle_api, v2
+from .fast_path import FastPath, FastRoutes
 from .responses import error_response, json_response
 
 __all__ = ["create_app"]
@@ -67,12 +68,13 @@ def _server_routes(server: Server) -> list[BaseRoute]:
     ]
 
 
-def create_app(server: Server) -> Starlette:
+def create_app(server: Server) -> FastPath:
     """Build the ASGI app for ``server``; its lifespan loads models in the background and drains on stop."""
+    fast_routes = FastRoutes()
     routes: list[BaseRoute] = [
         *_server_routes(server),
-        *v2.routes(server),
-        *ladle_api.routes(server),
+        *v2.routes(server, fast_routes),
+        *ladle_api.routes(server, fast_routes),
         *generation_api.routes(server),
         *server.extra_routes,
     ]
@@ -86,4 +88,4 @@ def create_app(server: Server) -> Starlette:
         lifespan=server.lifespan,
     )
     app.state.server = server
-    return app
+    return FastPath(app, fast_routes, server.config.server.max_request_bytes)

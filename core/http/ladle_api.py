@@ -30,8 +30,9 @@ from ..errors import InvalidRequestError, LadleError
 from ..server import Server
 from ..serving import ModelEndpoint
 from ..tensors import Signature, numpy_dtype
+from .fast_path import JSON_HEADERS, FastRoutes, Reply
 from .request_context import VERSION_HEADER, RequestContext
-from .responses import JSON, error_response, read_body
+from .responses import read_body
 from .v2_codec import parse_json
 
 __all__ = ["records_to_arrays", "routes"]
@@ -89,7 +90,7 @@ def _records(outputs: Arrays, rows: int) -> list[dict[str, Any]]:
     return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
 
 
-def routes(server: Server) -> list[BaseRoute]:
+def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
     manager = server.manager
     limit = server.config.server.max_request_bytes
     trace_context = server.trace_context
@@ -101,9 +102,9 @@ def routes(server: Server) -> list[BaseRoute]:
         chosen = endpoint.versions.get(table.latest) if table.versions else None
         return chosen.signature if chosen is not None else None
 
-    async def predict(request: Request) -> Response:
-        endpoint = manager.endpoint(request.path_params["model"])
-        body = parse_json(await read_body(request, limit))
+    async def predict(model: str, _: str | None, raw: bytes, headers: Mapping[str, str]) -> Reply:
+        endpoint = manager.endpoint(model)
+        body = parse_json(raw)
         if not isinstance(body, dict):
             raise InvalidRequestError("request body must be a JSON object")
         unknown = set(body) - {"inputs", "params", "id"}
@@ -121,7 +122,7 @@ def routes(server: Server) -> list[BaseRoute]:
         if version is not None:
             version = str(version)
         arrays = records_to_arrays(records, _signature(endpoint, version))
-        context = RequestContext.parse(request.headers, params, endpoint.timeout, trace_context)
+        context = RequestContext.parse(headers, params, endpoint.timeout, trace_context)
         envelope = InferenceRequest(
             endpoint.name,
             arrays,
@@ -134,17 +135,25 @@ def routes(server: Server) -> list[BaseRoute]:
             rows=len(records),
         )
         served, future = endpoint.submit(envelope)
-        headers = {VERSION_HEADER: served.version}
+        reply_headers = {**JSON_HEADERS, VERSION_HEADER: served.version}
         try:
             outputs = await future
         except LadleError as exc:
-            return error_response(exc, headers)
+            exc.headers = {VERSION_HEADER: served.version}
+            raise
         payload = {
             "id": envelope.id,
             "model": endpoint.name,
             "version": served.version,
             "outputs": _records(outputs, envelope.rows),
         }
-        return Response(orjson.dumps(payload), 200, headers, JSON)
+        return 200, orjson.dumps(payload), reply_headers
 
-    return [Route("/api/v1/models/{model}/predict", predict, methods=["POST"])]
+    async def predict_route(request: Request) -> Response:
+        status, content, headers = await predict(
+            request.path_params["model"], None, await read_body(request, limit), request.headers
+        )
+        return Response(content, status, headers)
+
+    fast_routes.add("/api/v1/models/{model}/predict", predict)
+    return [Route("/api/v1/models/{model}/predict", predict_route, methods=["POST"])]

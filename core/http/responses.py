@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from ..errors import LadleError, PayloadTooLargeError
 
-__all__ = ["JSON", "error_response", "json_response", "read_body"]
+__all__ = ["JSON", "error_headers", "error_response", "json_response", "read_body"]
 
 JSON = "application/json"
 
@@ -21,10 +21,16 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def error_response(error: LadleError, headers: dict[str, str] | None = None) -> Response:
     """The JSON body of ``error`` with its status (and ``Retry-After`` when it carries one)."""
+    return json_response(error.to_dict(), error.status, {**error_headers(error), **(headers or {})})
+
+
+def error_headers(error: LadleError) -> dict[str, str]:
+    """The headers an error response carries: the error's own, and ``Retry-After`` when it has one."""
+    headers = dict(getattr(error, "headers", None) or {})
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
-        headers = {**(headers or {}), "Retry-After": str(max(1, round(retry_after)))}
-    return json_response(error.to_dict(), error.status, headers)
+        headers["Retry-After"] = str(max(1, round(retry_after)))
+    return headers
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -12,8 +13,9 @@ from ..envelope import InferenceRequest
 from ..errors import InvalidRequestError, LadleError
 from ..server import Server
 from ..serving import ModelEndpoint, VersionEndpoint
+from .fast_path import JSON_HEADERS, FastRoutes, Reply
 from .request_context import VERSION_HEADER, RequestContext
-from .responses import JSON, error_response, json_response, read_body
+from .responses import JSON, json_response, read_body
 from .v2_codec import HEADER_LENGTH, decode_request, encode_response
 
 __all__ = ["routes"]
@@ -35,7 +37,7 @@ def _metadata(endpoint: ModelEndpoint, version: VersionEndpoint | None) -> dict[
     }
 
 
-def routes(server: Server) -> list[BaseRoute]:
+def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
     manager = server.manager
     limit = server.config.server.max_request_bytes
     trace_context = server.trace_context
@@ -73,11 +75,9 @@ def routes(server: Server) -> list[BaseRoute]:
             }
         )
 
-    async def infer(request: Request) -> Response:
-        params = request.path_params
-        endpoint = manager.endpoint(params["model"])
-        body = await read_body(request, limit)
-        headers = request.headers
+    async def infer(model: str, version: str | None, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """V2 inference on a raw body; raises ``LadleError`` for anything the client got wrong."""
+        endpoint = manager.endpoint(model)
         length = headers.get(HEADER_LENGTH)
         header_length = None
         if length is not None:
@@ -91,7 +91,7 @@ def routes(server: Server) -> list[BaseRoute]:
         envelope = InferenceRequest(
             endpoint.name,
             decoded.inputs,
-            version=params.get("version"),
+            version=version,
             id=decoded.id,
             parameters=decoded.parameters,
             deadline=context.deadline,
@@ -101,22 +101,34 @@ def routes(server: Server) -> list[BaseRoute]:
             outputs=decoded.outputs,
             rows=decoded.rows,
         )
-        version, future = endpoint.submit(envelope)
+        served, future = endpoint.submit(envelope)
         try:
             outputs = await future
         except LadleError as exc:
-            return error_response(exc, {VERSION_HEADER: version.version})
+            exc.headers = {VERSION_HEADER: served.version}
+            raise
         content, json_length = encode_response(
-            endpoint.name, version.version, decoded.id, outputs, decoded.outputs, decoded.binary_outputs
+            endpoint.name, served.version, decoded.id, outputs, decoded.outputs, decoded.binary_outputs
         )
         if json_length is None:
-            return Response(content, 200, media_type=JSON)
-        return Response(
-            content,
+            return 200, content, JSON_HEADERS
+        return (
             200,
-            {"Inference-Header-Content-Length": str(json_length)},
-            media_type="application/octet-stream",
+            content,
+            {
+                "content-type": "application/octet-stream",
+                "inference-header-content-length": str(json_length),
+            },
         )
+
+    async def infer_route(request: Request) -> Response:
+        body = await read_body(request, limit)
+        params = request.path_params
+        status, content, headers = await infer(params["model"], params.get("version"), body, request.headers)
+        return Response(content, status, headers)
+
+    fast_routes.add("/v2/models/{model}/infer", infer)
+    fast_routes.add("/v2/models/{model}/versions/{version}/infer", infer)
 
     return [
         Route("/v2/health/live", live, methods=["GET"]),
@@ -124,8 +136,8 @@ def routes(server: Server) -> list[BaseRoute]:
         Route("/v2/models/{model}", model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/config", model_config, methods=["GET"]),
         Route("/v2/models/{model}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{model}/infer", infer_route, methods=["POST"]),
         Route("/v2/models/{model}/versions/{version}", model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{model}/versions/{version}/infer", infer_route, methods=["POST"]),
     ]

@@ -30,6 +30,7 @@ class FixedOptions(BaseModel):
 
     instances: int = Field(default=1, ge=1, le=256)
     executor: Literal["thread", "process"] = "thread"
+    inline_budget_ms: float = Field(default=0.0, ge=0)
 
 
 def _parse(options: Mapping[str, Any], what: str) -> FixedOptions:
@@ -58,5 +59,6 @@ class FixedPlacement(Placement):
         self.settings = _parse(options, "placement 'fixed'")
 
     def create(self, spec: RuntimeSpec, index: int) -> Instance:
-        executor = make_executor(self.settings.executor, spec, self.host)
+        budget = self.settings.inline_budget_ms / 1000
+        executor = make_executor(self.settings.executor, spec, self.host, inline_budget=budget)
         return Instance(spec, executor, name=str(index))
