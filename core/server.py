@@ -57,8 +57,12 @@ class Server:
         self.trace_context = self.telemetry.sampler.start_request
         self.extra_routes: list[Any] = list(telemetry_routes(self.telemetry))
         self.on_stop: list[Callable[[], Any]] = [self.telemetry.close]
-        self.manager = ModelManager(config, host, observers or self.telemetry.observer_for, progress)
-        self.manager.version_listeners.append(self._version_changed)
+        enabled = self.telemetry.config.enabled
+        if observers is None and enabled:
+            observers = self.telemetry.observer_for
+        self.manager = ModelManager(config, host, observers, progress)
+        if enabled:
+            self.manager.version_listeners.append(self._version_changed)
         self.plans = self.manager.plan()  # validate all model config before serving anything
         self._loading: asyncio.Task[None] | None = None
 

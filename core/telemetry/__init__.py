@@ -8,6 +8,7 @@ read windowed figures through ``telemetry.stats.window(model, version, seconds)`
 Configuration (every key optional; defaults shown)::
 
     [telemetry]
+    enabled = true                  # false: no stats layer, no exports, nothing on the data path
     metrics = true                  # Prometheus text at GET /metrics (needs ladle[telemetry])
     service_name = "ladle"          # service.name of exported metrics and spans
     horizon = 300                   # longest window kept, seconds (10..3600)

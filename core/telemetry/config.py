@@ -74,6 +74,7 @@ class ResourcesConfig(_Strict):
 
 
 class TelemetryConfig(_Strict):
+    enabled: bool = True
     metrics: bool = True
     service_name: str = "ladle"
     horizon: float = Field(default=300.0, ge=10.0, le=3600.0)
