@@ -17,12 +17,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "serve a model repository or a ladle.toml over HTTP"),
     "demo": ("demo", "build small demo models and serve them"),
     "plugins": ("plugins", "list plugins, what they register and their dependency status"),
-    "top": ("top", "live view of a server: req/s, latency, errors, queue depth, drift"),
+    "top": ("top", "live terminal view of a running server"),
     "deploy": ("deploy", "deploy a model version through the control API"),
     "traffic": ("traffic", "set the traffic split of a model's versions"),
     "rollback": ("rollback", "roll a model back to its previous stable version"),
     "status": ("status", "show deployments and their history"),
-    "new": ("new", "scaffold a model service or a third-party plugin from a template"),
+    "new": ("new", "scaffold a model service or a plugin package"),
 }
 
 

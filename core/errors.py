@@ -58,6 +58,8 @@ class LadleError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        #: Response headers the error adds (e.g. which version answered).
+        self.headers: dict[str, str] = {}
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keep details and attributes when an error crosses a process boundary.
