@@ -12,7 +12,11 @@ import logging
 import os
 from typing import Any
 
-import jax
+# JAX takes 75% of a GPU's memory at its first use by default; in a server that packs several models
+# on one device that starves the others, so allocate on demand unless the operator chose otherwise.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # after the allocation setting above
 import numpy as np
 from jax import export
 
