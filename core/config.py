@@ -96,6 +96,9 @@ class ModelConfig(_Strict):
     placement: PluginChoice = PluginChoice(name="fixed")
     signature: dict[str, Any] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    resilience: dict[str, Any] = Field(
+        default_factory=dict, description="circuit breaker, fallback and response cache (ladle.deployments)"
+    )
 
     @field_validator("version_policy", mode="before")
     @classmethod
@@ -191,7 +194,7 @@ _BUILTIN: dict[str, Any] = {
     "router": {"name": "single"},
     "placement": {"name": "fixed"},
 }
-_TABLES = ("batcher", "router", "placement", "options", "signature", "version_policy")
+_TABLES = ("resilience", "batcher", "router", "placement", "options", "signature", "version_policy")
 
 
 def _layer(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

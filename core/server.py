@@ -64,6 +64,11 @@ class Server:
         if enabled:
             self.manager.version_listeners.append(self._version_changed)
         self.plans = self.manager.plan()  # validate all model config before serving anything
+        from .deployments import DeploymentController, control_routes
+
+        self.controller = DeploymentController(self.manager, config)
+        self.controller.open_store()  # a corrupt or unwritable store fails here, before serving
+        self.extra_routes.extend(control_routes(self.controller, config))
         self._loading: asyncio.Task[None] | None = None
 
     def _version_changed(self, model: str, version: str, endpoint: VersionEndpoint | None) -> None:
@@ -79,8 +84,12 @@ class Server:
             endpoint.input_checks = checks.validate
 
     async def start(self) -> None:
-        """Load every model (in the background of the running server) and call ``ladle_startup``."""
-        await self.manager.load_all(self.plans)
+        """Load the models (in the background of the running server) and call ``ladle_startup``.
+
+        The deployment controller decides what loads: the repository and config in static mode, the
+        deployment store in managed mode (see ``ladle.deployments.controller``).
+        """
+        await self.controller.start(self.plans)
         self.host.hook.ladle_startup(server=self)
 
     async def stop(self) -> None:
@@ -89,6 +98,7 @@ class Server:
             self._loading.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._loading
+        await self.controller.close()
         await self.manager.close()
         for callback in self.on_stop:
             result = callback()

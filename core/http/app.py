@@ -24,10 +24,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .. import __version__
+from ..deployments.auth import protect_data_plane
 from ..errors import LadleError, RuntimeFailureError
 from ..server import Server
 from . import generation_api, ladle_api, v2
-from .fast_path import FastPath, FastRoutes
+from .fast_path import ASGIApp, FastPath, FastRoutes
 from .responses import error_response, json_response
 
 __all__ = ["create_app"]
@@ -68,7 +69,7 @@ def _server_routes(server: Server) -> list[BaseRoute]:
     ]
 
 
-def create_app(server: Server) -> FastPath:
+def create_app(server: Server) -> ASGIApp:
     """Build the ASGI app for ``server``; its lifespan loads models in the background and drains on stop."""
     fast_routes = FastRoutes()
     routes: list[BaseRoute] = [
@@ -88,4 +89,5 @@ def create_app(server: Server) -> FastPath:
         lifespan=server.lifespan,
     )
     app.state.server = server
-    return FastPath(app, fast_routes, server.config.server.max_request_bytes)
+    fast = FastPath(app, fast_routes, server.config.server.max_request_bytes)
+    return protect_data_plane(fast, server.config)

@@ -31,7 +31,7 @@ from ..server import Server
 from ..serving import ModelEndpoint
 from ..tensors import Signature, numpy_dtype
 from .fast_path import JSON_HEADERS, FastRoutes, Reply
-from .request_context import VERSION_HEADER, RequestContext
+from .request_context import VERSION_HEADER, RequestContext, served_by
 from .responses import read_body
 from .v2_codec import parse_json
 
@@ -135,19 +135,19 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
             rows=len(records),
         )
         served, future = endpoint.submit(envelope)
-        reply_headers = {**JSON_HEADERS, VERSION_HEADER: served.version}
         try:
             outputs = await future
         except LadleError as exc:
             exc.headers = {VERSION_HEADER: served.version}
             raise
+        version_name, model_name, extra = served_by(outputs, served.version)
         payload = {
             "id": envelope.id,
-            "model": endpoint.name,
-            "version": served.version,
+            "model": model_name or endpoint.name,
+            "version": version_name,
             "outputs": _records(outputs, envelope.rows),
         }
-        return 200, orjson.dumps(payload), reply_headers
+        return 200, orjson.dumps(payload), {**JSON_HEADERS, **extra}
 
     async def predict_route(request: Request) -> Response:
         status, content, headers = await predict(

@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..envelope import Priority, TraceContext
+from ..deployments.delivery import ServedOutputs
+from ..envelope import Arrays, Priority, TraceContext
 from ..errors import InvalidRequestError
 
 __all__ = ["DEADLINE_HEADER", "PRIORITY_HEADER", "ROUTING_KEY_HEADER", "VERSION_HEADER", "RequestContext"]
@@ -16,6 +17,20 @@ DEADLINE_HEADER = "ladle-timeout-ms"
 PRIORITY_HEADER = "ladle-priority"
 ROUTING_KEY_HEADER = "ladle-routing-key"
 VERSION_HEADER = "Ladle-Model-Version"
+SERVED_FROM_HEADER = "Ladle-Served-From"
+FALLBACK_HEADER = "Ladle-Fallback-Reason"
+
+
+def served_by(outputs: Arrays, version: str) -> tuple[str, str | None, dict[str, str]]:
+    """(version, model or ``None``, headers) of outputs that may come from elsewhere than the
+    routed version: a cache, a cascade's larger model, or a fallback (see ``ServedOutputs``)."""
+    if not isinstance(outputs, ServedOutputs):
+        return version, None, {VERSION_HEADER: version}
+    served = outputs.version if outputs.version is not None else version
+    headers = {VERSION_HEADER: served, SERVED_FROM_HEADER: outputs.source}
+    if outputs.reason:
+        headers[FALLBACK_HEADER] = outputs.reason
+    return served, outputs.model, headers
 
 
 class RequestContext:

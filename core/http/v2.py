@@ -14,7 +14,7 @@ from ..errors import InvalidRequestError, LadleError
 from ..server import Server
 from ..serving import ModelEndpoint, VersionEndpoint
 from .fast_path import JSON_HEADERS, FastRoutes, Reply
-from .request_context import VERSION_HEADER, RequestContext
+from .request_context import VERSION_HEADER, RequestContext, served_by
 from .responses import JSON, json_response, read_body
 from .v2_codec import HEADER_LENGTH, decode_request, encode_response
 
@@ -107,19 +107,22 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
         except LadleError as exc:
             exc.headers = {VERSION_HEADER: served.version}
             raise
+        version_name, model_name, extra = served_by(outputs, served.version)
         content, json_length = encode_response(
-            endpoint.name, served.version, decoded.id, outputs, decoded.outputs, decoded.binary_outputs
+            model_name or endpoint.name,
+            version_name,
+            decoded.id,
+            outputs,
+            decoded.outputs,
+            decoded.binary_outputs,
         )
         if json_length is None:
-            return 200, content, JSON_HEADERS
-        return (
-            200,
-            content,
-            {
-                "content-type": "application/octet-stream",
-                "inference-header-content-length": str(json_length),
-            },
-        )
+            return 200, content, JSON_HEADERS if model_name is None else {**JSON_HEADERS, **extra}
+        binary = {
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(json_length),
+        }
+        return 200, content, {**binary, **extra}
 
     async def infer_route(request: Request) -> Response:
         body = await read_body(request, limit)

@@ -24,6 +24,7 @@ def write_repository(root: Path) -> Path:
         "echo": 'version_policy = "all"\n',
         "tiny_queue": "[batcher]\nmax_queue_size = 1\nmax_batch_size = 4\n",
         "counted": "",
+        "cached": "resilience = { cache = { ttl = 60, max_entries = 10 } }\n",
     }.items():
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "model.toml").write_text(f'runtime = "behaviour"\ntimeout = 5.0\n{extra}')

@@ -52,3 +52,15 @@ def test_predict_mistakes(client: httpx.Client, body: dict[str, object], status:
     response = client.post("/api/v1/models/bc/predict", json=body)
     assert response.status_code == status, response.text
     assert fragment in response.json()["error"]
+
+
+def test_a_cached_answer_says_where_it_came_from(client: httpx.Client) -> None:
+    body = {"inputs": [{"x": [5, 6]}]}
+    first = client.post("/api/v1/models/cached/predict", json=body)
+    second = client.post("/api/v1/models/cached/predict", json=body)
+    assert first.status_code == second.status_code == 200
+    assert "Ladle-Served-From" not in first.headers
+    assert second.headers["Ladle-Served-From"] == "cache" and second.headers["Ladle-Model-Version"] == "1"
+    assert second.json()["outputs"] == first.json()["outputs"] == [{"y": [10.0, 12.0]}]
+    v2 = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [5, 6]}]}
+    assert client.post("/v2/models/cached/infer", json=v2).headers["Ladle-Served-From"] == "cache"

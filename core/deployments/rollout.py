@@ -1,0 +1,170 @@
+"""Guarded rollouts: a canary steps up on a schedule while guards compare it with the stable version.
+
+At each step below 100% the canary holds its share for at least ``interval`` seconds and until the
+guards have enough samples (``guard.min_samples`` per version within ``guard.window``); a breach at
+any moment rolls back at once. Reaching 100% promotes the canary (the stable version no longer has
+traffic to be compared with). See ``ladle.deployments.guards`` for the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from itertools import pairwise
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .guards import GuardPolicy, Verdict, VersionSamples, judge
+
+__all__ = ["GuardedRollout", "RolloutHost", "RolloutPlan"]
+
+
+class RolloutPlan(BaseModel):
+    """The schedule and guards of a rollout (``options.rollout`` of a deployment)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0])
+    interval: float = Field(default=60.0, ge=0, description="minimum seconds at each step below 100")
+    check_every: float = Field(default=1.0, gt=0, description="seconds between judgements")
+    guard: GuardPolicy = GuardPolicy()
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[float]) -> list[float]:
+        if not steps or steps[-1] != 100:
+            raise ValueError("steps must end at 100")
+        if any(not 0 < s <= 100 for s in steps) or any(b <= a for a, b in pairwise(steps)):
+            raise ValueError("steps must increase strictly within (0, 100]")
+        return steps
+
+
+class RolloutHost(Protocol):
+    """What a rollout needs from the controller."""
+
+    async def rollout_step(self, rollout: GuardedRollout, percent: float) -> None:
+        """Give the canary ``percent`` of the traffic (the stable version the rest) and record it."""
+
+    async def rollout_breached(self, rollout: GuardedRollout, verdict: Verdict) -> None:
+        """Roll back to the stable version and record why."""
+
+    async def rollout_promoted(self, rollout: GuardedRollout) -> None:
+        """Give the canary all traffic and make it the stable version."""
+
+    async def rollout_failed(self, rollout: GuardedRollout, error: Exception) -> None:
+        """The rollout could not go on (the traffic stays where it is); record why."""
+
+
+class GuardedRollout:
+    """One running rollout of one model (a task on the event loop)."""
+
+    def __init__(
+        self,
+        host: RolloutHost,
+        model: str,
+        canary: str,
+        stable: str,
+        plan: RolloutPlan,
+        samples: dict[str, VersionSamples],
+        step: int = 0,
+    ) -> None:
+        self.host = host
+        self.model = model
+        self.canary = canary
+        self.stable = stable
+        self.plan = plan
+        self.samples = samples
+        self.step = step
+        self.state = "running"
+        self.reason = ""
+        self.verdict: Verdict | None = None
+        self.step_started = 0.0
+        #: Wall time the rollout began (kept across restarts).
+        self.started_at = time.time()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def percent(self) -> float:
+        return self.plan.steps[min(self.step, len(self.plan.steps) - 1)]
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"rollout-{self.model}")
+
+    async def cancel(self, reason: str) -> None:
+        """Stop the rollout where it is (the caller sets the traffic it wants)."""
+        if self.state == "running":
+            self.state = "cancelled"
+            self.reason = reason
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def detach(self) -> asyncio.Task[None] | None:
+        """Take the task away without changing the state (the server stops; the rollout resumes
+        at the next start)."""
+        task, self._task = self._task, None
+        return task
+
+    async def wait(self) -> None:
+        """Until the rollout ends (promoted, rolled back or cancelled)."""
+        if self._task is not None:
+            await asyncio.gather(asyncio.shield(self._task), return_exceptions=True)
+
+    def judge(self) -> Verdict:
+        window = self.plan.guard.window
+        now = time.monotonic()
+        verdict = judge(
+            self.samples[self.canary].figures(window, now),
+            self.samples[self.stable].figures(window, now),
+            self.plan.guard,
+        )
+        self.verdict = verdict
+        return verdict
+
+    async def _run(self) -> None:
+        try:
+            await self._steps()
+        except Exception as exc:
+            self.state = "failed"
+            self.reason = f"{type(exc).__name__}: {exc}"
+            await self.host.rollout_failed(self, exc)
+
+    async def _steps(self) -> None:
+        steps = self.plan.steps
+        while self.step < len(steps) and steps[self.step] < 100:
+            await self.host.rollout_step(self, steps[self.step])
+            self.step_started = time.monotonic()
+            while True:
+                await asyncio.sleep(self.plan.check_every)
+                verdict = self.judge()
+                if verdict.breaches:
+                    self.state = "rolled_back"
+                    self.reason = verdict.reason()
+                    await self.host.rollout_breached(self, verdict)
+                    return
+                if verdict.healthy and time.monotonic() - self.step_started >= self.plan.interval:
+                    break
+            self.step += 1
+        self.step = len(steps) - 1
+        self.state = "promoted"
+        await self.host.rollout_promoted(self)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "canary": self.canary,
+            "stable": self.stable,
+            "state": self.state,
+            "step": self.step,
+            "percent": self.percent,
+            "steps": list(self.plan.steps),
+            "reason": self.reason,
+            "verdict": None
+            if self.verdict is None
+            else {
+                "ready": self.verdict.ready,
+                "breaches": [b.to_dict() for b in self.verdict.breaches],
+                **self.verdict.figures,
+            },
+        }

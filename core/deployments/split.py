@@ -1,0 +1,167 @@
+"""Weighted traffic splits with sticky assignment, shared by the splitting routers.
+
+A routing key is hashed with BLAKE2b (not Python's salted ``hash``) to a bucket in ``[0, 10000)``;
+each version owns a contiguous range of buckets laid out in a fixed order (the table's natural
+version order). A key therefore keeps its version across requests, processes and restarts, and a
+weight change moves only the keys whose buckets change owner: moving 10% of the traffic from one
+version to its neighbour moves 10% of the keys.
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from hashlib import blake2b
+from typing import Any, ClassVar
+
+from ..envelope import InferenceRequest
+from ..errors import ConfigError, InvalidRequestError, ModelNotReadyError
+from ..routing import Route, Router, RoutingTable, Target
+
+__all__ = [
+    "BUCKETS",
+    "WeightedRouter",
+    "WeightedSplit",
+    "check_options",
+    "normalise_weights",
+    "stable_bucket",
+]
+
+#: Buckets per split: weights resolve to 0.01% of the traffic.
+BUCKETS = 10_000
+
+
+def stable_bucket(key: str) -> int:
+    """The bucket of a routing key in ``[0, BUCKETS)``; the same in every process and release."""
+    return int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "big") % BUCKETS
+
+
+def normalise_weights(weights: Mapping[str, float], known: tuple[str, ...] | list[str]) -> dict[str, float]:
+    """Check a traffic split (percent per version, summing to 100) and return it as floats.
+
+    Raises ``InvalidRequestError`` naming the problem: an unknown version, a negative or
+    non-numeric weight, or a sum other than 100.
+    """
+    if not weights:
+        raise InvalidRequestError("a traffic split needs at least one version")
+    result: dict[str, float] = {}
+    for version, weight in weights.items():
+        if version not in known:
+            raise InvalidRequestError(
+                f"unknown version {version!r}", version=version, available=sorted(known)
+            )
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 100:
+            raise InvalidRequestError(
+                f"weight of {version!r} must be a number from 0 to 100, got {weight!r}", version=version
+            )
+        result[version] = float(weight)
+    total = sum(result.values())
+    if abs(total - 100.0) > 1e-6:
+        raise InvalidRequestError(f"traffic weights must sum to 100, got {total:g}", weights=result)
+    return result
+
+
+class WeightedSplit:
+    """A routing table resolved into bucket ranges and prebuilt routes (no allocation per request)."""
+
+    __slots__ = ("_bounds", "_routes", "versions")
+
+    def __init__(self, table: RoutingTable, shadows: Mapping[str, tuple[Target, ...]] | None = None) -> None:
+        versions = table.versions
+        weights = {v: float(table.weights.get(v, 0.0)) for v in versions} if table.weights else {}
+        total = sum(weights.values())
+        if total <= 0:
+            # No weights (or only for versions that are not ready): everything goes to the latest.
+            weights = {versions[-1]: 1.0} if versions else {}
+            total = 1.0
+        self.versions: tuple[str, ...] = tuple(v for v in versions if weights.get(v, 0.0) > 0)
+        bounds: list[int] = []
+        cumulative = 0.0
+        for version in self.versions:
+            cumulative += weights[version]
+            bounds.append(round(cumulative / total * BUCKETS))
+        if bounds:
+            bounds[-1] = BUCKETS
+        self._bounds = bounds
+        shadows = shadows or {}
+        self._routes = [Route(Target(table.model, v), shadows.get(v, ())) for v in self.versions]
+
+    def __bool__(self) -> bool:
+        return bool(self._routes)
+
+    def share(self, version: str) -> float:
+        """The fraction of buckets ``version`` owns."""
+        if version not in self.versions:
+            return 0.0
+        index = self.versions.index(version)
+        low = self._bounds[index - 1] if index else 0
+        return (self._bounds[index] - low) / BUCKETS
+
+    def for_bucket(self, bucket: int) -> Route:
+        return self._routes[bisect_right(self._bounds, bucket)]
+
+    def for_key(self, key: str) -> Route:
+        """The route of a routing key (sticky)."""
+        return self._routes[bisect_right(self._bounds, stable_bucket(key))]
+
+    def pick(self) -> Route:
+        """A route drawn at random in proportion to the weights."""
+        if len(self._routes) == 1:
+            return self._routes[0]
+        return self._routes[bisect_right(self._bounds, int(random.random() * BUCKETS))]
+
+    def route(self, key: str | None) -> Route:
+        return self.pick() if key is None else self.for_key(key)
+
+
+def check_options(router: str, options: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Refuse option names a router does not know (``ConfigError`` naming them and the known ones)."""
+    known = set(allowed)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"router {router!r} has no option {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(known)) or 'none'}",
+            router=router,
+            unknown=unknown,
+        )
+
+
+class WeightedRouter(Router):
+    """Routes by the table's weights: sticky on ``request.routing_key`` unless ``sticky = false``,
+    random in proportion to the weights for requests without a key.
+
+    The resolved split is cached per table object; tables are immutable and swapped whole, so an
+    identity check is enough to notice a traffic change.
+    """
+
+    name: ClassVar[str] = "weighted"
+    option_names: ClassVar[frozenset[str]] = frozenset({"sticky"})
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
+        check_options(self.name, self.options, self.option_names)
+        self.sticky = bool(self.options.get("sticky", True))
+        self._cache: tuple[RoutingTable, WeightedSplit] | None = None
+
+    def build(self, table: RoutingTable) -> WeightedSplit:
+        """Resolve a table (called once per table)."""
+        return WeightedSplit(table)
+
+    def split(self, table: RoutingTable) -> WeightedSplit:
+        cache = self._cache
+        if cache is None or cache[0] is not table:
+            split = self.build(table)
+            if not split:
+                raise ModelNotReadyError(f"model {table.model!r} has no ready version", model=table.model)
+            cache = self._cache = (table, split)
+        return cache[1]
+
+    def route(self, request: InferenceRequest, table: RoutingTable) -> Route:
+        split = self.split(table)
+        key = request.routing_key
+        return split.for_key(key) if key is not None and self.sticky else split.pick()
+
+    def check_weights(self, weights: Mapping[str, float]) -> None:
+        """Refuse a split this router cannot serve (``InvalidRequestError``); any split is fine here."""
