@@ -96,6 +96,10 @@ class ModelConfig(_Strict):
     placement: PluginChoice = PluginChoice(name="fixed")
     signature: dict[str, Any] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    traffic: dict[str, float] = Field(
+        default_factory=dict,
+        description="static split, percent per version (sums to 100); needs a weighted router",
+    )
     resilience: dict[str, Any] = Field(
         default_factory=dict, description="circuit breaker, fallback and response cache (ladle.deployments)"
     )
@@ -194,7 +198,16 @@ _BUILTIN: dict[str, Any] = {
     "router": {"name": "single"},
     "placement": {"name": "fixed"},
 }
-_TABLES = ("resilience", "batcher", "router", "placement", "options", "signature", "version_policy")
+_TABLES = (
+    "traffic",
+    "resilience",
+    "batcher",
+    "router",
+    "placement",
+    "options",
+    "signature",
+    "version_policy",
+)
 
 
 def _layer(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -85,6 +85,19 @@ class ModelRepository:
                 f"model {model!r} has no version directory matching its version_policy",
                 file=str(self.model_dir(model)),
             )
+        if config.traffic:
+            unknown = sorted(set(config.traffic) - set(selected))
+            if unknown or abs(sum(config.traffic.values()) - 100) > 1e-6:
+                raise ConfigError(
+                    f"model {model!r}: traffic must give percents summing to 100 to served versions "
+                    f"{selected}; got {config.traffic}",
+                    key="traffic",
+                )
+            if config.router.name == "single":
+                raise ConfigError(
+                    f"model {model!r}: traffic needs a weighted router such as canary, not 'single'",
+                    key="router",
+                )
         specs = {version: self.spec(model, version, config, host) for version in selected}
         return ModelPlan(model, config, tuple(selected), specs)
 

@@ -225,6 +225,8 @@ class ModelManager:
                 for version in plan.versions:
                     try:
                         await self.load_version(plan.name, version, plan.specs[version], endpoint=endpoint)
+                        if plan.config.traffic:
+                            self.publish(plan.name, {v: w for v, w in plan.config.traffic.items() if w > 0})
                     except Exception as exc:  # one broken version must not stop the others loading
                         message = (
                             exc.message if isinstance(exc, LadleError) else f"{type(exc).__name__}: {exc}"

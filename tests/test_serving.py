@@ -9,7 +9,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ladle import Arrays, Batch, InferenceRequest, InstanceState, ModelNotFoundError, Runtime, hookimpl
+from ladle import (
+    Arrays,
+    Batch,
+    ConfigError,
+    InferenceRequest,
+    InstanceState,
+    ModelNotFoundError,
+    Runtime,
+    hookimpl,
+)
 from ladle.config import ServerConfig
 from ladle.plugin_host import PluginHost
 from ladle.server import Server
@@ -123,3 +132,40 @@ def test_telemetry_can_be_switched_off(tmp_path: Path) -> None:
     finally:
         loop.run_until_complete(on.stop())
         loop.close()
+
+
+def test_a_static_traffic_split_from_config(tmp_path: Path) -> None:
+    server, _ = make_server(tmp_path)
+    (tmp_path / "models" / "good" / "model.toml").write_text(
+        'runtime = "scale"\nversion_policy = "all"\nrouter = "canary"\ntraffic = { "1" = 90, "2" = 10 }\n'
+    )
+    server = Server(server.config, server.host)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(server.start())
+        good = server.manager.endpoint("good")
+        assert dict(good.table.weights) == {"1": 90, "2": 10}
+        chosen = [
+            good.version(None, InferenceRequest("good", {}, routing_key=f"k{i}")).version for i in range(400)
+        ]
+        assert 300 < chosen.count("1") < 390 and chosen.count("2") > 10
+    finally:
+        loop.run_until_complete(server.stop())
+        loop.close()
+
+
+@pytest.mark.parametrize(
+    ("traffic", "router", "fragment"),
+    [
+        ('{ "1" = 50, "3" = 50 }', "canary", "summing to 100"),
+        ('{ "1" = 60, "2" = 30 }', "canary", "summing"),
+        ('{ "1" = 50, "2" = 50 }', "single", "weighted router"),
+    ],
+)
+def test_a_bad_static_split_fails_at_start(tmp_path: Path, traffic: str, router: str, fragment: str) -> None:
+    server, _ = make_server(tmp_path)
+    (tmp_path / "models" / "good" / "model.toml").write_text(
+        f'runtime = "scale"\nversion_policy = "all"\nrouter = "{router}"\ntraffic = {traffic}\n'
+    )
+    with pytest.raises(ConfigError, match=fragment):
+        Server(server.config, server.host)

@@ -22,13 +22,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from .. import __version__
 from ..deployments.auth import protect_data_plane
 from ..errors import LadleError, RuntimeFailureError
 from ..server import Server
 from . import generation_api, ladle_api, v2
-from .fast_path import ASGIApp, FastPath, FastRoutes
+from .fast_path import FastPath, FastRoutes
 from .responses import error_response, json_response
 
 __all__ = ["create_app"]

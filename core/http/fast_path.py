@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import LadleError, PayloadTooLargeError, RuntimeFailureError
 from .responses import error_headers
@@ -27,10 +27,6 @@ Reply = tuple[int, bytes, Mapping[str, str]]
 Handler = Callable[[str, str | None, bytes, Mapping[str, str]], Awaitable[Reply]]
 JSON_HEADERS: Mapping[str, str] = {"content-type": "application/json"}
 _JSON_RAW = [(b"content-type", b"application/json")]
-
-ASGIApp = Callable[
-    [dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
-]
 
 
 class FastRoutes:
@@ -61,12 +57,7 @@ class FastPath:
         self.routes = routes
         self.max_body = max_body
 
-    async def __call__(
-        self,
-        scope: dict[str, Any],
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         matched = self.routes.match(scope["path"])
@@ -99,7 +90,7 @@ class FastPath:
         await send({"type": "http.response.body", "body": content})
         return None
 
-    async def _body(self, headers: Mapping[str, str], receive: Callable[[], Awaitable[Any]]) -> bytes:
+    async def _body(self, headers: Mapping[str, str], receive: Receive) -> bytes:
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             raise PayloadTooLargeError(
