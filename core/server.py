@@ -12,6 +12,7 @@ from .config import SERVER_CONFIG_FILE, ServerConfig, load_server_config
 from .errors import ConfigError
 from .plugin_host import PluginHost
 from .serving import ModelManager, ObserverFactory, Progress, VersionEndpoint
+from .threads import apply_process_budget
 
 __all__ = ["Server", "load_config"]
 
@@ -64,6 +65,8 @@ class Server:
         if enabled:
             self.manager.version_listeners.append(self._version_changed)
         self.plans = self.manager.plan()  # validate all model config before serving anything
+        # Framework thread pools are process-wide: size them once, before any runtime imports one.
+        apply_process_budget(max((s.threads for p in self.plans for s in p.specs.values()), default=1))
         from .deployments import DeploymentController, control_routes
 
         self.controller = DeploymentController(self.manager, config)

@@ -18,6 +18,7 @@ A client that disconnects aborts its sequence, and its cache blocks return to th
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import time
@@ -107,6 +108,27 @@ async def _stream_events(
     finally:
         stream.abort()  # no-op when finished; frees the sequence when the client went away
     yield _DONE
+
+
+def _openai_object(
+    request_id: str,
+    kind: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """An OpenAI response or stream chunk object."""
+    data: dict[str, Any] = {
+        "id": request_id,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
+    if usage is not None:
+        data["usage"] = usage
+    return data
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -257,17 +279,7 @@ def routes(server: Server) -> list[BaseRoute]:
         def choice(text: str, finish: str | None) -> dict[str, Any]:
             return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
 
-        def envelope(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
-            data: dict[str, Any] = {
-                "id": request_id,
-                "object": "text_completion",
-                "created": created,
-                "model": endpoint.name,
-                "choices": choices,
-            }
-            if usage is not None:
-                data["usage"] = usage
-            return data
+        envelope = functools.partial(_openai_object, request_id, "text_completion", created, endpoint.name)
 
         if streaming:
 
@@ -322,17 +334,8 @@ def routes(server: Server) -> list[BaseRoute]:
         )
         headers = {VERSION_HEADER: served.version}
 
-        def envelope(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
-            data: dict[str, Any] = {
-                "id": request_id,
-                "object": "chat.completion.chunk" if streaming else "chat.completion",
-                "created": created,
-                "model": endpoint.name,
-                "choices": choices,
-            }
-            if usage is not None:
-                data["usage"] = usage
-            return data
+        kind = "chat.completion.chunk" if streaming else "chat.completion"
+        envelope = functools.partial(_openai_object, request_id, kind, created, endpoint.name)
 
         if streaming:
             first = [True]
