@@ -82,9 +82,6 @@ class ModelConfig(_Strict):
 
     runtime: str | None = None
     executor: Literal["thread", "process"] = "thread"
-    inline_budget_ms: float = Field(
-        default=0.0, ge=0, description="lone requests cheaper than this run on the event loop; 0: never"
-    )
     instances: int = Field(default=1, ge=1, le=256)
     device: str = "cpu"
     threads: int | None = Field(default=None, ge=1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .envelope import Batch
-from .errors import InstanceFailedError, LadleError, ModelNotReadyError
+from .errors import InstanceFailedError, ModelNotReadyError
 from .execution import ItemResult, execute_isolated
 from .plugin_host import PluginHost
 from .runtime import InstanceState, Runtime, RuntimeSpec, process_rss_bytes
@@ -81,26 +80,14 @@ class Executor(ABC):
 
 
 class ThreadExecutor(Executor):
-    """Runs the runtime on one dedicated thread of the front process.
+    """Runs the runtime on one dedicated thread of the front process, off the event loop."""
 
-    With ``inline_budget`` > 0 (off by default), a lone request (a batch of one item, with nothing
-    else in flight here) whose runtime call is known to be cheap — under ``inline_budget`` seconds,
-    measured at warm-up and as a moving average of lone calls since — runs directly on the event
-    loop: handing a 100 µs prediction to a thread and back costs about as much again. Batches, and
-    anything arriving while a batch runs, use the thread. The price: while such a call runs the loop
-    serves nothing else, so a runtime whose cost varies (one slow call among fast ones) stalls the
-    server for that call. Enable it only for cheap, steady models.
-    """
-
-    def __init__(self, spec: RuntimeSpec, host: PluginHost, inline_budget: float = 0.0) -> None:
+    def __init__(self, spec: RuntimeSpec, host: PluginHost) -> None:
         self.spec = spec
         self._host = host
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"ladle-{spec.model}-{spec.version}")
         self._runtime: Runtime | None = None
         self._rss_before = 0
-        self._inline_budget = inline_budget
-        self._lone_cost = math.inf  # moving average of a lone request's runtime call, seconds
-        self._busy = 0
 
     @property
     def runtime(self) -> Runtime | None:
@@ -118,31 +105,16 @@ class ThreadExecutor(Executor):
     async def warmup(self) -> RuntimeInfo:
         runtime = self._runtime
         assert runtime is not None
-        started = time.perf_counter()
         await self._call(runtime.warmup)
-        self._lone_cost = time.perf_counter() - started
         return RuntimeInfo.of(runtime, self._rss_before)
-
-    def _timed(self, runtime: Runtime, batch: Batch) -> list[ItemResult]:
-        started = time.perf_counter()
-        results = execute_isolated(runtime, batch)
-        self._lone_cost = 0.8 * self._lone_cost + 0.2 * (time.perf_counter() - started)
-        return results
 
     async def execute(self, batch: Batch) -> list[ItemResult]:
         runtime = self._runtime
         if runtime is None:
             raise ModelNotReadyError("instance is not loaded")
-        lone = len(batch.items) == 1
-        if lone and not self._busy and self._lone_cost < self._inline_budget:
-            return self._timed(runtime, batch)
-        self._busy += 1
-        try:
-            result: list[ItemResult] = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._timed if lone else execute_isolated, runtime, batch
-            )
-        finally:
-            self._busy -= 1
+        result: list[ItemResult] = await asyncio.get_running_loop().run_in_executor(
+            self._pool, execute_isolated, runtime, batch
+        )
         return result
 
     async def stop(self) -> None:
@@ -152,13 +124,13 @@ class ThreadExecutor(Executor):
         self._pool.shutdown(wait=False)
 
 
-def make_executor(kind: str, spec: RuntimeSpec, host: PluginHost, *, inline_budget: float = 0.0) -> Executor:
-    """``"thread"`` or ``"process"``; ``inline_budget`` applies to the thread executor."""
+def make_executor(kind: str, spec: RuntimeSpec, host: PluginHost) -> Executor:
+    """``"thread"`` or ``"process"``."""
     if kind == "process":
         from .worker import ProcessExecutor
 
         return ProcessExecutor(spec, host)
-    return ThreadExecutor(spec, host, inline_budget)
+    return ThreadExecutor(spec, host)
 
 
 class Instance:
@@ -249,7 +221,3 @@ class Instance:
             "runtime": self.info.details if self.info else {},
             "error": self.error,
         }
-
-
-def is_error(result: ItemResult) -> bool:
-    return isinstance(result, LadleError)

@@ -282,7 +282,6 @@ class ModelManager:
         placement_factory = self.host.load("placement", config.placement.name)
         placement_options = {
             "executor": config.executor,
-            "inline_budget_ms": config.inline_budget_ms,
             **config.placement.options,
         }
         placement: Placement = placement_factory(placement_options, self.host)

@@ -30,7 +30,6 @@ class FixedOptions(BaseModel):
 
     instances: int = Field(default=1, ge=1, le=256)
     executor: Literal["thread", "process"] = "thread"
-    inline_budget_ms: float = Field(default=0.0, ge=0)
 
 
 def _parse(options: Mapping[str, Any], what: str) -> FixedOptions:
@@ -59,6 +58,5 @@ class FixedPlacement(Placement):
         self.settings = _parse(options, "placement 'fixed'")
 
     def create(self, spec: RuntimeSpec, index: int) -> Instance:
-        budget = self.settings.inline_budget_ms / 1000
-        executor = make_executor(self.settings.executor, spec, self.host, inline_budget=budget)
+        executor = make_executor(self.settings.executor, spec, self.host)
         return Instance(spec, executor, name=str(index))
