@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         port=port,
         log_level=args.log_level,
         access_log=False,
+        proxy_headers=False,  # ladle reads no X-Forwarded-* header; skip the middleware on every request
+        server_header=False,
         timeout_graceful_shutdown=int(server.config.server.drain_timeout) or None,
     )
     userver = uvicorn.Server(config)
