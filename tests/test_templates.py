@@ -7,11 +7,10 @@ import importlib.util
 import json
 import subprocess
 import sys
-import sysconfig
-import venv
 from pathlib import Path
 
 import pytest
+from offline_venv import make_environment, pip_install_offline
 
 import ladle
 from ladle.cli import main
@@ -197,26 +196,6 @@ def test_service_passes_its_own_tests(services: dict[str, Path], runtime: str) -
 # Plugin ------------------------------------------------------------------------------------
 
 
-def _environment(directory: Path) -> Path:
-    """A fresh virtual environment that also sees this interpreter's packages (ladle, pip, pytest).
-
-    ``site.addsitedir`` also runs the ``.pth`` files there, which an editable install of ladle needs.
-    """
-    venv.create(directory, with_pip=False)
-    python = directory / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    parents = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
-    Path(purelib, "_ladle_parent_env.pth").write_text(
-        "".join(f"import site; site.addsitedir({path!r})\n" for path in parents)
-    )
-    return python
-
-
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("copier")
@@ -248,14 +227,8 @@ def test_plugin_layout(plugin: Path) -> None:
 
 
 def test_plugin_installs_offline_and_passes_its_own_tests(plugin: Path, tmp_path: Path) -> None:
-    python = _environment(tmp_path / "venv")
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index",
-         "--disable-pip-version-check", "-q", str(plugin)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )  # fmt: skip
+    python = make_environment(tmp_path / "venv")
+    pip_install_offline(python, plugin)
     result = subprocess.run(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=plugin,
