@@ -82,6 +82,9 @@ class Server:
             endpoint.signature.to_dict() if endpoint.signature else None
         )
         self.telemetry.version_ready(model, version, batcher=endpoint.batcher, signature=signature)
+        from .telemetry.generation import register_generation_gauges
+
+        register_generation_gauges(self.telemetry.stats, model, version, endpoint.batcher)
         checks = self.telemetry.input_checks(model, version)
         if checks is not None:
             endpoint.input_checks = checks.validate

@@ -141,3 +141,20 @@ def test_disconnect_aborts_the_sequence_and_frees_its_blocks(
 def test_non_generative_model_refuses_generate(client: httpx.Client) -> None:
     response = client.post("/api/v1/models/bc/generate", json={"prompt": "x"})
     assert response.status_code == 400 and "does not generate" in response.json()["error"]
+
+
+def test_generation_gauges_reach_prometheus(lm: httpx.Client) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert (
+        lm.post("/api/v1/models/tiny/generate", json={"prompt": "count me", "max_tokens": 5}).status_code
+        == 200
+    )
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(lm.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name.startswith("ladle_generation") and sample.labels.get("ladle_model_name") == "tiny":
+                values[sample.name] = sample.value
+    assert values["ladle_generation_tokens_generated"] >= 5
+    assert 0 <= values["ladle_generation_kv_cache_usage"] < 1
+    assert values["ladle_generation_sequences_running"] == 0 and values["ladle_generation_preemptions"] == 0

@@ -1,0 +1,64 @@
+"""Gauges of a generative version (continuous batching), read from its batcher at collection time.
+
+The engine keeps its own counters; nothing is recorded per token. One read of ``batcher.stats()``
+serves every gauge of a collection (it takes the engine's lock, so it is not repeated per gauge).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .stats import StatsRegistry, version_attributes
+
+__all__ = ["GENERATION_GAUGES", "register_generation_gauges"]
+
+#: gauge name -> (unit, description, reader of the summed engine figures)
+GENERATION_GAUGES: dict[str, tuple[str, str, Callable[[Mapping[str, float]], float]]] = {
+    "ladle.generation.kv_cache.usage": (
+        "1",
+        "share of KV-cache blocks in use",
+        lambda s: 1.0 - s["free_blocks"] / s["num_blocks"] if s["num_blocks"] else 0.0,
+    ),
+    "ladle.generation.sequences.running": (
+        "{sequence}",
+        "sequences in the running batch",
+        lambda s: s["running"],
+    ),
+    "ladle.generation.sequences.waiting": ("{sequence}", "sequences waiting to join", lambda s: s["waiting"]),
+    "ladle.generation.tokens.generated": (
+        "{token}",
+        "tokens generated since start",
+        lambda s: s["generated_tokens"],
+    ),
+    "ladle.generation.preemptions": (
+        "{preemption}",
+        "sequences preempted since start",
+        lambda s: s["preemptions"],
+    ),
+}
+_FIELDS = ("free_blocks", "num_blocks", "running", "waiting", "generated_tokens", "preemptions")
+
+
+def register_generation_gauges(stats: StatsRegistry, model: str, version: str, batcher: Any) -> bool:
+    """Register the gauges when ``batcher`` has engine ``stats()``; returns whether it did."""
+    read = getattr(batcher, "stats", None)
+    if not callable(read):
+        return False
+    cache: dict[str, Any] = {"at": -1.0, "sums": {}}
+
+    def sums() -> Mapping[str, float]:
+        now = time.monotonic()
+        if now - cache["at"] > 0.5:
+            engines = read()
+            cache["sums"] = {field: float(sum(e.get(field, 0) for e in engines)) for field in _FIELDS}
+            cache["at"] = now
+        result: Mapping[str, float] = cache["sums"]
+        return result
+
+    key = version_attributes(model, version)
+    for name, (unit, description, pick) in GENERATION_GAUGES.items():
+        family = stats.gauge_family(name, unit, description)
+        family.register(key, lambda pick=pick: pick(sums()))  # type: ignore[misc]
+    return True
