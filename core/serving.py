@@ -268,12 +268,9 @@ class ModelManager:
     ) -> VersionEndpoint:
         """Load and warm one version; only when it is ready does it join the routing table."""
         if endpoint is None:
-            plan_config = (
-                self.repository.plan(model, self.config, self.host).config
-                if model not in self.models
-                else self.models[model].config
+            endpoint = self.models.get(model) or self._endpoint_for(
+                model, self.repository.plan(model, self.config, self.host).config
             )
-            endpoint = self._endpoint_for(model, plan_config)
         config = endpoint.config
         if spec is None:
             spec = self.repository.spec(model, version, config, self.host)
