@@ -86,7 +86,7 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
                     f"Inference-Header-Content-Length must be an integer, got {length!r}"
                 )
             header_length = int(length)
-        decoded = decode_request(body, header_length, None)
+        decoded = decode_request(body, header_length)
         context = RequestContext.parse(headers, decoded.parameters, endpoint.timeout, trace_context)
         envelope = InferenceRequest(
             endpoint.name,

@@ -16,7 +16,7 @@ import orjson
 
 from ..envelope import Arrays
 from ..errors import InvalidRequestError, SignatureMismatchError
-from ..tensors import DATATYPES, Signature, datatype_of
+from ..tensors import DATATYPES, datatype_of
 
 __all__ = ["V2Request", "decode_request", "encode_response", "parse_json"]
 
@@ -122,7 +122,7 @@ def _tensor(spec: Mapping[str, Any], raw: memoryview | None) -> np.ndarray[Any, 
         ) from None
 
 
-def decode_request(body: bytes, header_length: int | None, signature: Signature | None) -> V2Request:
+def decode_request(body: bytes, header_length: int | None) -> V2Request:
     """Decode a V2 request body (JSON, or JSON header + binary tensors) into named arrays."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
@@ -162,8 +162,6 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature 
             raise InvalidRequestError(f"input {spec['name']!r} is given twice", input=spec["name"])
         inputs[spec["name"]] = array
     rows = _rows(inputs)
-    if signature is not None:
-        signature.check_inputs(inputs)
     parameters = header.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidRequestError("'parameters' must be a JSON object")

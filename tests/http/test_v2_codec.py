@@ -56,7 +56,7 @@ def test_every_datatype_round_trips_as_json(datatype: str) -> None:
         array[1, 1] = b"z"
     data = [v.decode() for v in array.reshape(-1)] if datatype == "BYTES" else array.reshape(-1).tolist()
     body = orjson.dumps({"inputs": [{"name": "t", "datatype": datatype, "shape": [2, 2], "data": data}]})
-    decoded = decode_request(body, None, None)
+    decoded = decode_request(body, None)
     got = decoded.inputs["t"]
     assert got.shape == (2, 2) and decoded.rows == 2
     assert got.tolist() == array.tolist()
@@ -71,7 +71,7 @@ def test_every_datatype_round_trips_as_json(datatype: str) -> None:
 def test_every_datatype_round_trips_in_binary(datatype: str) -> None:
     array = sample(datatype)
     body, header_length = binary_request({"t": array})
-    decoded = decode_request(body, header_length, None)
+    decoded = decode_request(body, header_length)
     assert decoded.inputs["t"].tolist() == array.tolist() and decoded.binary_outputs == {"t"}
     content, length = encode_response("m", "1", "x", decoded.inputs, decoded.outputs, decoded.binary_outputs)
     assert length is not None
@@ -118,4 +118,4 @@ def binary_input(datatype: str, shape: list[int], size: int) -> dict[str, object
 )
 def test_malformed_tensors_are_named(body: bytes, length: int | None, fragment: str) -> None:
     with pytest.raises(InvalidRequestError, match=fragment):
-        decode_request(body, length, None)
+        decode_request(body, length)
