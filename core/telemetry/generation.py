@@ -42,10 +42,25 @@ _FIELDS = ("free_blocks", "num_blocks", "running", "waiting", "generated_tokens"
 
 
 def register_generation_gauges(stats: StatsRegistry, model: str, version: str, batcher: Any) -> bool:
-    """Register the gauges when ``batcher`` has engine ``stats()``; returns whether it did."""
+    """Register the gauges when ``batcher`` has engine ``stats()``, and the latency histograms when it
+    takes a ``timing`` sink (fed once per step); returns whether it did."""
     read = getattr(batcher, "stats", None)
     if not callable(read):
         return False
+    if hasattr(batcher, "timing"):
+        ttft = stats.histogram_family(
+            "ladle.generation.time_to_first_token", "s", "time from arrival to the first generated token"
+        )
+        itl = stats.histogram_family(
+            "ladle.generation.inter_token_latency", "s", "time between generated tokens"
+        )
+
+        def timing(first: list[float], gaps: list[float]) -> None:
+            now = time.monotonic()
+            ttft.record(model, version, first, now)
+            itl.record(model, version, gaps, now)
+
+        batcher.timing = timing
     cache: dict[str, Any] = {"at": -1.0, "sums": {}}
 
     def sums() -> Mapping[str, float]:

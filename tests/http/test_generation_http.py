@@ -158,3 +158,24 @@ def test_generation_gauges_reach_prometheus(lm: httpx.Client) -> None:
     assert values["ladle_generation_tokens_generated"] >= 5
     assert 0 <= values["ladle_generation_kv_cache_usage"] < 1
     assert values["ladle_generation_sequences_running"] == 0 and values["ladle_generation_preemptions"] == 0
+
+
+def test_time_to_first_token_and_inter_token_latency_reach_prometheus(lm: httpx.Client) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def counts() -> dict[str, float]:
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(lm.get("/metrics").text):
+            for sample in family.samples:
+                if sample.name.endswith("_count") and sample.labels.get("ladle_model_name") == "tiny":
+                    found[sample.name] = sample.value
+        return found
+
+    before = counts()
+    body = {"prompt": "one two three", "max_tokens": 6, "ignore_eos": True}
+    assert lm.post("/api/v1/models/tiny/generate", json=body).status_code == 200
+    after = counts()
+    first = "ladle_generation_time_to_first_token_seconds_count"
+    gaps = "ladle_generation_inter_token_latency_seconds_count"
+    assert after[first] - before.get(first, 0) == 1  # one request, one first token
+    assert after[gaps] - before.get(gaps, 0) >= 1  # later tokens, one sample per step that emitted

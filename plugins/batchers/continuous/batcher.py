@@ -9,7 +9,7 @@ the request's parameters.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,10 @@ __all__ = ["ContinuousBatcher", "runtime_of"]
 
 TEXT_INPUT = "text_input"
 TEXT_OUTPUT = "text_output"
+
+
+#: Sink of one step's times to first token and between tokens, in seconds.
+Timing = Callable[[list[float], list[float]], None]
 
 
 def runtime_of(instance: Instance) -> StepRuntime:
@@ -54,6 +58,18 @@ class ContinuousBatcher(Batcher):
         self.engine_options = EngineOptions.from_mapping(self.options)
         self._engines: dict[int, GenerationEngine] = {}
         self._accepting = True
+        self._timing: Timing | None = None
+
+    @property
+    def timing(self) -> Timing | None:
+        """Receives each step's times to first token and between tokens (the telemetry layer sets it)."""
+        return self._timing
+
+    @timing.setter
+    def timing(self, sink: Timing | None) -> None:
+        self._timing = sink
+        for engine in self._engines.values():
+            engine.core.timing = sink
 
     # engines ---------------------------------------------------------------------------------
 
@@ -69,6 +85,7 @@ class ContinuousBatcher(Batcher):
                     self.engine_options,
                     name=f"ladle-generate-{instance.spec.model}-{instance.spec.version}-{instance.name}",
                 )
+                engine.core.timing = self._timing
                 engine.start()
                 self._engines[key] = engine
         self.replicas.changed.clear()

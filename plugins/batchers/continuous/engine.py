@@ -139,6 +139,8 @@ class EngineCore:
             watermark_blocks=int(options.watermark * spec.num_blocks),
         )
         self.stats = EngineStats()
+        #: Called once per step with that step's times to first token and between tokens (seconds).
+        self.timing: Callable[[list[float], list[float]], None] | None = None
         self._by_id: dict[int, Sequence] = {}
         self._ids = itertools.count()
         self._deadlines = 0
@@ -273,9 +275,19 @@ class EngineCore:
             return events
         self.scheduler.computed(plan)
         self._account(plan)
+        now = time.monotonic()
+        first: list[float] = []
+        gaps: list[float] = []
         for item, seq, tokens in zip(plan.items, plan.sequences, outputs, strict=True):
             if item.sample and tokens:
+                if seq.last_emit:
+                    gaps.append((now - seq.last_emit) / len(tokens))
+                else:
+                    first.append(now - seq.arrival)
+                seq.last_emit = now
                 events.append((seq.sink, self._accept(seq, tokens)))
+        if self.timing is not None and (first or gaps):
+            self.timing(first, gaps)
         return events
 
     def _accept(self, seq: Sequence, tokens: Seq[int]) -> GenerationChunk:

@@ -79,6 +79,7 @@ class Sequence:
         "deadline",
         "finish_reason",
         "id",
+        "last_emit",
         "max_tokens",
         "output",
         "params",
@@ -120,6 +121,7 @@ class Sequence:
         self.output = output
         self.priority = priority
         self.arrival = arrival
+        self.last_emit = 0.0  # when the last token went out (0: none yet)
         self.deadline = deadline
         self.sink = sink
         self.status = SequenceStatus.WAITING
