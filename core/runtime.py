@@ -9,7 +9,7 @@ thread, a worker process, a Ray actor or a pod.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .envelope import Arrays, Batch
+from .errors import ConfigError
 from .tensors import Signature, numpy_dtype
 
 __all__ = ["InstanceState", "Runtime", "RuntimeSpec", "process_rss_bytes", "run_fixed_batches"]
@@ -87,6 +88,23 @@ class Runtime:
         self.spec = spec
         self.max_batch_rows: int | None = None
         self._signature: Signature | None = Signature.from_dict(spec.signature) if spec.signature else None
+
+    def check_options(self, known: Iterable[str]) -> Mapping[str, Any]:
+        """The spec's options, after refusing (``ConfigError``) any name not in ``known``."""
+        options = self.spec.options
+        unknown = sorted(set(options).difference(known))
+        if unknown:
+            raise ConfigError(f"unknown {self.name} runtime options {unknown}; known: {list(known)}")
+        return options
+
+    def artifact(self, names: Sequence[str], what: str) -> Path:
+        """The artifact file: the spec's path itself, or the first of ``names`` in its directory."""
+        path = self.spec.path
+        if path.is_dir():
+            path = next((path / n for n in names if (path / n).is_file()), path / names[0])
+        if not path.is_file():
+            raise ConfigError(f"{path}: no {what}", file=str(path))
+        return path
 
     def load(self) -> None:
         """Load the artifact. Called once, in the thread or process that will run ``predict``."""

@@ -78,19 +78,12 @@ class JaxRuntime(Runtime):
     name = "jax"
 
     def load(self) -> None:
-        options = self.spec.options
-        unknown = sorted(set(options).difference(OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown jax runtime options {unknown}; known: {list(OPTIONS)}")
+        options = self.check_options(OPTIONS)
         self.pad_batch = bool(options.get("pad_batch", True))
         self.reject_non_finite = bool(options.get("reject_non_finite", False))
         _limit_cpu_threads(self.spec.threads)
 
-        path = self.spec.path
-        if path.is_dir():
-            path = path / ARTIFACT
-        if not path.is_file():
-            raise ConfigError(f"{path}: no jax.export artifact", file=str(path))
+        path = self.artifact([ARTIFACT], "jax.export artifact")
         blob = path.read_bytes()
         try:
             exported = export.deserialize(bytearray(blob))

@@ -92,15 +92,8 @@ class OnnxRuntime(Runtime):
     name = "onnx"
 
     def load(self) -> None:
-        options = self.spec.options
-        unknown = sorted(set(options).difference(OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown onnx runtime options {unknown}; known: {list(OPTIONS)}")
-        path = self.spec.path
-        if path.is_dir():
-            path = path / ARTIFACT
-        if not path.is_file():
-            raise ConfigError(f"{path}: no ONNX model file", file=str(path))
+        options = self.check_options(OPTIONS)
+        path = self.artifact([ARTIFACT], "ONNX model file")
 
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = self.spec.threads

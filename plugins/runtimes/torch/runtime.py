@@ -142,21 +142,14 @@ class TorchRuntime(Runtime):
     name = "torch"
 
     def load(self) -> None:
-        options = self.spec.options
-        unknown = sorted(set(options).difference(OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown torch runtime options {unknown}; known: {list(OPTIONS)}")
+        options = self.check_options(OPTIONS)
         self.output_names: list[str] | None = (
             list(options["output_names"]) if options.get("output_names") else None
         )
         self.device = _device(self.spec.device)
         torch.set_num_threads(self.spec.threads)
 
-        path = self.spec.path
-        if path.is_dir():
-            path = next((path / a for a in ARTIFACTS if (path / a).is_file()), path / ARTIFACTS[0])
-        if not path.is_file():
-            raise ConfigError(f"{path}: no torch model file ({', '.join(ARTIFACTS)})", file=str(path))
+        path = self.artifact(ARTIFACTS, f"torch model file ({', '.join(ARTIFACTS)})")
         self.fixed_batch: int | None = None
         self._inputs: list[TensorSpec] = []
         self._outputs: list[TensorSpec] = []

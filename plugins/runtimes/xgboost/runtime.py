@@ -45,21 +45,14 @@ class XGBoostRuntime(Runtime):
     name = "xgboost"
 
     def load(self) -> None:
-        options = self.spec.options
-        unknown = sorted(set(options).difference(OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown xgboost runtime options {unknown}; known: {list(OPTIONS)}")
+        options = self.check_options(OPTIONS)
         output = str(options.get("output", "probability"))
         if output not in OUTPUTS:
             raise ConfigError(f"xgboost option output must be one of {list(OUTPUTS)}, got {output!r}")
         self.predict_type = "margin" if output == "margin" else "value"
         self.input_name = str(options.get("input_name", "input"))
 
-        path = self.spec.path
-        if path.is_dir():
-            path = next((path / a for a in ARTIFACTS if (path / a).is_file()), path / ARTIFACTS[0])
-        if not path.is_file():
-            raise ConfigError(f"{path}: no XGBoost model file", file=str(path))
+        path = self.artifact(ARTIFACTS, "XGBoost model file")
         self.booster = xgboost.Booster()
         try:
             self.booster.load_model(str(path))
