@@ -634,6 +634,33 @@ class DeploymentController:
             delivery.unwatch()
         self._sync_delivery(endpoint)
 
+    async def _move_rollout(
+        self,
+        rollout: GuardedRollout,
+        endpoint: ModelEndpoint,
+        weights: dict[str, float],
+        reason: str,
+        event: str,
+        message: str,
+        details: dict[str, Any],
+    ) -> None:
+        """Record a rollout's new split (switching to ``canary`` where needed), then publish it.
+        The caller holds the model's lock."""
+        before = _traffic(endpoint)
+        fit = self._router_for(endpoint, weights)
+
+        def write(tx: Transaction) -> None:
+            if fit is not None:
+                tx.upsert_model(rollout.model, router="canary", router_options={})
+            _write_split(tx, rollout.model, before, weights, reason)
+            tx.save_rollout(_rollout_record(rollout, tx.now))
+            tx.event(rollout.model, event, message, version=rollout.canary, details=details)
+
+        await self._commit(write)
+        if fit is not None:
+            self._set_router(endpoint, fit, "canary")
+        self._publish(endpoint, weights)
+
     async def rollout_step(self, rollout: GuardedRollout, percent: float) -> None:
         endpoint = self.manager.endpoint(rollout.model)
         weights = {rollout.stable: 100.0 - percent, rollout.canary: percent}
@@ -642,27 +669,15 @@ class DeploymentController:
                 return
             if _traffic(endpoint) == weights:
                 return  # resumed at a step that is already in place
-
-            before = _traffic(endpoint)
-            fit = self._router_for(endpoint, weights)
-
-            def write(tx: Transaction) -> None:
-                if fit is not None:
-                    tx.upsert_model(rollout.model, router="canary", router_options={})
-                _write_split(tx, rollout.model, before, weights, f"rollout step {rollout.step + 1}")
-                tx.save_rollout(_rollout_record(rollout, tx.now))
-                tx.event(
-                    rollout.model,
-                    "rollout_step",
-                    f"canary {rollout.canary!r} at {percent:g}%",
-                    version=rollout.canary,
-                    details={"traffic": weights, "verdict": _verdict(rollout.verdict)},
-                )
-
-            await self._commit(write)
-            if fit is not None:
-                self._set_router(endpoint, fit, "canary")
-            self._publish(endpoint, weights)
+            await self._move_rollout(
+                rollout,
+                endpoint,
+                weights,
+                f"rollout step {rollout.step + 1}",
+                "rollout_step",
+                f"canary {rollout.canary!r} at {percent:g}%",
+                {"traffic": weights, "verdict": _verdict(rollout.verdict)},
+            )
 
     async def rollout_breached(self, rollout: GuardedRollout, verdict: Verdict) -> None:
         endpoint = self.manager.endpoint(rollout.model)
@@ -673,28 +688,16 @@ class DeploymentController:
 
     async def rollout_promoted(self, rollout: GuardedRollout) -> None:
         endpoint = self.manager.endpoint(rollout.model)
-        weights = {rollout.canary: 100.0}
         async with self._lock(rollout.model):
-            before = _traffic(endpoint)
-            fit = self._router_for(endpoint, weights)
-
-            def write(tx: Transaction) -> None:
-                if fit is not None:
-                    tx.upsert_model(rollout.model, router="canary", router_options={})
-                _write_split(tx, rollout.model, before, weights, f"rollout of {rollout.canary} promoted")
-                tx.save_rollout(_rollout_record(rollout, tx.now))
-                tx.event(
-                    rollout.model,
-                    "promoted",
-                    f"canary {rollout.canary!r} promoted to 100%",
-                    version=rollout.canary,
-                    details={"verdict": _verdict(rollout.verdict)},
-                )
-
-            await self._commit(write)
-            if fit is not None:
-                self._set_router(endpoint, fit, "canary")
-            self._publish(endpoint, weights)
+            await self._move_rollout(
+                rollout,
+                endpoint,
+                {rollout.canary: 100.0},
+                f"rollout of {rollout.canary} promoted",
+                "promoted",
+                f"canary {rollout.canary!r} promoted to 100%",
+                {"verdict": _verdict(rollout.verdict)},
+            )
             self._end_rollout(endpoint)
 
     async def rollout_failed(self, rollout: GuardedRollout, error: Exception) -> None:
