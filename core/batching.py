@@ -4,6 +4,10 @@ A batcher sits in front of one version's replica set: ``submit`` queues a reques
 future that resolves to that request's outputs (or its error); the batcher decides when and how
 requests share a batch and which instance runs it. ``submit`` refuses at once (raising) when the
 request can never be served: too many rows (413) or a full queue (503).
+
+Every future resolves by its request's deadline, with ``DeadlineExceededError`` (504) if the answer
+is not there by then. A batcher that keeps that promise itself, queued and running, says so with
+``enforces_deadlines``; for any other, ``enforce_deadline`` arms one timer per request.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from .envelope import Arrays, InferenceRequest
+from .errors import DeadlineExceededError
 from .instance import Instance
 
-__all__ = ["BatchObserver", "Batcher", "NullObserver", "ReplicaSet"]
+__all__ = ["BatchObserver", "Batcher", "NullObserver", "ReplicaSet", "enforce_deadline", "expire"]
 
 
 class BatchObserver(Protocol):
@@ -107,6 +112,9 @@ class ReplicaSet:
 class Batcher(ABC):
     """Base class of batcher plugins; one batcher per served version."""
 
+    #: True when the batcher itself fails each future at its request's deadline, queued or running.
+    enforces_deadlines: ClassVar[bool] = False
+
     def __init__(
         self,
         replicas: ReplicaSet,
@@ -138,3 +146,20 @@ class Batcher(ABC):
     @property
     def in_flight(self) -> int:
         return sum(i.in_flight for i in self.replicas.instances)
+
+
+def expire(future: asyncio.Future[Arrays], request: InferenceRequest) -> None:
+    """Fail ``future`` with ``DeadlineExceededError`` (if still pending) and signal the runtime side."""
+    if not future.done():
+        request.cancel.cancel("deadline")
+        future.set_exception(
+            DeadlineExceededError("deadline passed before the request finished", request_id=request.id)
+        )
+
+
+def enforce_deadline(batcher: Batcher, request: InferenceRequest, future: asyncio.Future[Arrays]) -> None:
+    """Make ``future`` fail at the request's deadline, unless ``batcher`` already does."""
+    if request.deadline is None or batcher.enforces_deadlines:
+        return
+    handle = asyncio.get_running_loop().call_at(request.deadline, expire, future, request)
+    future.add_done_callback(lambda _: handle.cancel())

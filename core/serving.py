@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .batching import Batcher, BatchObserver, ReplicaSet
+from .batching import Batcher, BatchObserver, ReplicaSet, enforce_deadline
 from .config import DEFAULT_BATCHER, ModelConfig, ServerConfig
 from .envelope import Arrays, InferenceRequest
-from .errors import ConfigError, DeadlineExceededError, LadleError, ModelNotFoundError, ModelNotReadyError
+from .errors import ConfigError, LadleError, ModelNotFoundError, ModelNotReadyError
 from .instance import Instance
 from .plugin_host import PluginHost
 from .repository import ModelPlan, ModelRepository, check_name
@@ -41,14 +41,6 @@ ObserverFactory = Callable[[str, str], BatchObserver | None]
 Progress = Callable[[str, str, str], None]
 #: Called with a version endpoint once it is ready, and with ``(model, version, None)`` once removed.
 VersionListener = Callable[[str, str, "VersionEndpoint | None"], None]
-
-
-def _expire(future: asyncio.Future[Arrays], request: InferenceRequest) -> None:
-    if not future.done():
-        request.cancel.cancel("deadline")
-        future.set_exception(
-            DeadlineExceededError("deadline passed before the request finished", request_id=request.id)
-        )
 
 
 class VersionEndpoint:
@@ -159,9 +151,7 @@ class ModelEndpoint:
             endpoint.input_checks(request.inputs)
         request.version = endpoint.version
         future = endpoint.batcher.submit(request)
-        if request.deadline is not None:
-            handle = asyncio.get_running_loop().call_at(request.deadline, _expire, future, request)
-            future.add_done_callback(lambda _: handle.cancel())
+        enforce_deadline(endpoint.batcher, request, future)
         return endpoint, future
 
     def describe(self) -> dict[str, Any]:

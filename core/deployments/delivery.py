@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..batching import enforce_deadline
 from ..envelope import Arrays, InferenceRequest
 from ..errors import (
-    DeadlineExceededError,
     LadleError,
     ModelNotFoundError,
     ModelNotReadyError,
@@ -66,14 +66,6 @@ class ServedOutputs(dict[str, np.ndarray[Any, Any]]):
     @property
     def fallback(self) -> bool:
         return self.source.startswith("fallback")
-
-
-def _expire(future: asyncio.Future[Arrays], request: InferenceRequest) -> None:
-    if not future.done():
-        request.cancel.cancel("deadline")
-        future.set_exception(
-            DeadlineExceededError("deadline passed before the request finished", request_id=request.id)
-        )
 
 
 def _resolved(outputs: Arrays) -> asyncio.Future[Arrays]:
@@ -266,9 +258,7 @@ class Delivery:
             if may_fall_back and self.fallbacks:
                 return self._fall_back(endpoint, request, target, "overloaded", None)
             raise
-        if request.deadline is not None:
-            handle = asyncio.get_running_loop().call_at(request.deadline, _expire, future, request)
-            future.add_done_callback(lambda _: handle.cancel())
+        enforce_deadline(target.batcher, request, future)
         if self._observing:
             future.add_done_callback(partial(self._observe, request, key, breaker))
         if route is not None:

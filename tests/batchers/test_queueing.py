@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from ladle import (
+    Arrays,
     Batcher,
     DeadlineExceededError,
+    InferenceRequest,
     InstanceFailedError,
     InstanceState,
     InvalidInputError,
@@ -19,6 +21,7 @@ from ladle import (
     ServerBusyError,
     ThreadExecutor,
 )
+from ladle.batching import enforce_deadline
 from ladle.plugins.batchers.dynamic.batcher import DynamicBatcher
 from ladle.plugins.batchers.passthrough.batcher import PassthroughBatcher
 
@@ -69,6 +72,26 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_promptly_
         await asyncio.gather(f0, fs)
         assert doomed.id not in r.probe.seen()
         assert survivor.id in r.probe.seen()
+
+
+@BATCHERS
+@run_async
+async def test_a_deadline_that_passes_while_the_batch_runs_is_answered_504_then(kind: type[Batcher]) -> None:
+    assert kind.enforces_deadlines
+    async with rig(kind) as r:
+        r.probe.close()
+        doomed = request(deadline=time.monotonic() + 0.05)
+        patient = request(2.0, deadline=time.monotonic() + 30)
+        f_doomed = r.batcher.submit(doomed)
+        await until(lambda: len(r.probe.batches) == 1)
+        f_patient = r.batcher.submit(patient)
+        error = await asyncio.wait_for(outcome(f_doomed), 2)  # while the instance is still blocked
+        assert isinstance(error, DeadlineExceededError) and error.status == 504
+        assert doomed.cancel.cancelled and doomed.cancel.reason == "deadline"
+        assert not f_patient.done()
+        r.probe.open()
+        assert (await f_patient) is not None
+        assert r.batcher.in_flight == 0
 
 
 @BATCHERS
@@ -208,3 +231,24 @@ async def test_the_observer_is_fed_once_per_batch(kind: type[Batcher]) -> None:
         await asyncio.gather(*futures)
         assert [ids for ids, _ in r.observer.batches] == r.probe.batches
         assert all(errors == [None] * len(ids) for ids, errors in r.observer.batches)
+
+
+class _SilentBatcher(Batcher):
+    """Queues nothing and never answers: only the deadline can."""
+
+    def submit(self, request: InferenceRequest) -> asyncio.Future[Arrays]:
+        return asyncio.get_running_loop().create_future()
+
+
+@run_async
+async def test_a_batcher_that_does_not_enforce_deadlines_gets_a_timer_per_request() -> None:
+    async with rig(DynamicBatcher) as r:
+        silent = _SilentBatcher(r.batcher.replicas, {})
+        assert not silent.enforces_deadlines
+        timed, untimed = request(deadline=time.monotonic() + 0.03), request()
+        f_timed, f_untimed = silent.submit(timed), silent.submit(untimed)
+        enforce_deadline(silent, timed, f_timed)
+        enforce_deadline(silent, untimed, f_untimed)
+        error = await asyncio.wait_for(outcome(f_timed), 2)
+        assert isinstance(error, DeadlineExceededError) and timed.cancel.reason == "deadline"
+        assert not f_untimed.done()

@@ -12,6 +12,7 @@ from sklearn.datasets import load_iris
 
 from ladle import Batch, ConfigError, InvalidInputError
 from ladle.plugins.runtimes.xgboost import detect
+from ladle.plugins.runtimes.xgboost.dense import dense_predictor
 from ladle.testing import models
 
 
@@ -97,6 +98,37 @@ def test_missing_values_served_and_infinity_refused(load_runtime, model_dir, boo
     rows[2, 0] = np.inf
     with pytest.raises(InvalidInputError, match=r"rows \[2\] hold infinite values"):
         runtime.predict(Batch.of({"input": rows}))
+
+
+@pytest.mark.parametrize("output", ["probability", "margin"])
+def test_c_prediction_path_equals_inplace_predict(tmp_path, load_runtime, output) -> None:
+    """The direct C call serves float32/float64 matrices bit for bit like ``inplace_predict``; other
+    layouts and dtypes take ``inplace_predict`` itself."""
+    data, labels = load_iris(return_X_y=True)
+    classifier = xgboost.XGBClassifier(n_estimators=10, max_depth=3).fit(data, labels)
+    booster = classifier.get_booster()
+    booster.save_model(str(tmp_path / "model.ubj"))
+    runtime = load_runtime("xgboost", tmp_path, options={"output": output})
+    assert runtime.describe() == {"device": "cpu", "predict": "c_api"}
+    predict_type = "margin" if output == "margin" else "value"
+    rows = data[:7].copy()
+    rows[2, 1] = np.nan
+    shifted = b"x" + rows.astype(np.float32).tobytes()
+    unaligned = np.frombuffer(shifted, np.float32, offset=1).reshape(rows.shape)
+    assert not unaligned.flags.aligned  # binary V2 tensors can sit at any offset of the body
+    layouts = (rows.astype(np.float32), rows, np.asfortranarray(rows), data[:7].astype(np.int32), unaligned)
+    for matrix in (*layouts, rows[:1]):
+        got = runtime.predict(Batch.of({"input": matrix}))["predict"]
+        expected = booster.inplace_predict(matrix, predict_type=predict_type)
+        assert got.shape == expected.shape == (len(matrix), 3)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_c_prediction_path_raises_xgboost_errors(booster) -> None:
+    predict = dense_predictor(booster, "value")
+    assert predict is not None
+    with pytest.raises(xgboost.core.XGBoostError, match="features"):
+        predict(np.zeros((1, 31), np.float32))  # the runtime refuses this before XGBoost sees it
 
 
 @pytest.mark.parametrize(

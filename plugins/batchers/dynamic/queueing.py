@@ -10,7 +10,9 @@ It owns everything except the choice of which queued requests form the next batc
   ``max_queue_size`` requests;
 - deadlines: one timer armed for the earliest deadline in the queue (not one per request) drops
   expired requests with ``DeadlineExceededError`` when their deadline passes, before they cost
-  compute; a request that is cancelled (``request.cancel`` or its future) is skipped;
+  compute; a request that is cancelled (``request.cancel`` or its future) is skipped. A running
+  batch has one timer too, for its earliest deadline: a request whose deadline passes while its
+  batch runs is answered 504 then, and its cancel signal is set (``enforces_deadlines``);
 - dispatch: one task per batch, which runs ``Instance.execute`` and sets each request's future
   from its per-item result; an exception from ``execute`` fails that batch only;
 - drain: ``stop`` refuses new work, finishes what is queued and in flight, then stops.
@@ -32,7 +34,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ladle.batching import Batcher, BatchObserver, ReplicaSet
+from ladle.batching import Batcher, BatchObserver, ReplicaSet, expire
 from ladle.config import validation_error
 from ladle.envelope import Arrays, Batch, InferenceRequest, Priority
 from ladle.errors import (
@@ -90,6 +92,7 @@ class QueueingBatcher(Batcher):
     options_model: ClassVar[type[QueueOptions]] = QueueOptions
     #: One FIFO lane, or one lane per ``Priority`` (lower value served first).
     prioritised: ClassVar[bool] = False
+    enforces_deadlines: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -213,6 +216,7 @@ class QueueingBatcher(Batcher):
         errors: list[str | None]
         outputs: list[Arrays | None] | None = None
         ran = started
+        watch = _RunningDeadlines.arm(requests, futures)
         try:
             batch = self._make_batch(requests)
             ran = time.monotonic()
@@ -241,6 +245,8 @@ class QueueingBatcher(Batcher):
                     outputs.append(result)
                     if not future.done():
                         future.set_result(result)
+        if watch is not None:
+            watch.cancel()
         finished = time.monotonic()
         self._finish(instance, len(requests))
         self.observer.batch_done(requests, started, finished, errors, outputs, (ran, finished))
@@ -434,6 +440,48 @@ class QueueingBatcher(Batcher):
     def in_flight(self) -> int:
         """Requests handed to instances and not yet answered."""
         return self._dispatched
+
+
+class _RunningDeadlines:
+    """One timer per running batch, at its earliest pending deadline; expired requests get 504 then."""
+
+    __slots__ = ("futures", "handle", "requests")
+
+    def __init__(self, requests: list[InferenceRequest], futures: list[asyncio.Future[Arrays]]) -> None:
+        self.requests = requests
+        self.futures = futures
+        self.handle: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def arm(
+        cls, requests: list[InferenceRequest], futures: list[asyncio.Future[Arrays]]
+    ) -> _RunningDeadlines | None:
+        """The watch over a batch, or ``None`` when no request in it has a deadline."""
+        watch = cls(requests, futures)
+        return watch if watch._arm_next(time.monotonic()) else None
+
+    def _arm_next(self, now: float) -> bool:
+        earliest = math.inf
+        for request, future in zip(self.requests, self.futures, strict=True):
+            deadline = request.deadline
+            if deadline is not None and deadline < earliest and not future.done():
+                earliest = deadline
+        if earliest == math.inf:
+            return False
+        delay = max(0.0, earliest - now) + _TIMER_SLACK
+        self.handle = asyncio.get_running_loop().call_later(delay, self._fire)
+        return True
+
+    def _fire(self) -> None:
+        now = time.monotonic()
+        for request, future in zip(self.requests, self.futures, strict=True):
+            if request.deadline is not None and request.deadline <= now:
+                expire(future, request)
+        self._arm_next(now)
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
 
 
 def _batch_error(exc: BaseException, instance: Instance) -> LadleError:

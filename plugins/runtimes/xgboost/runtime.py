@@ -14,6 +14,7 @@ from ladle import Arrays, Batch, InvalidInputError, Runtime, Signature, TensorSp
 from ladle.errors import ConfigError
 
 from . import ARTIFACTS
+from .dense import DensePredict, dense_predictor
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,30 @@ class XGBoostRuntime(Runtime):
             np.zeros((1, self.features), np.float32), predict_type=self.predict_type
         )
         self.output_shape = (-1, *np.shape(probe)[1:])
+        self._dense = self._checked_dense_predictor() if self.device == "cpu" else None
         self.model_bytes = len(self.booster.save_raw("ubj"))
         log.info("xgboost %s: %d features, device %s", path, self.features, self.device)
+
+    def _checked_dense_predictor(self) -> DensePredict | None:
+        """The C prediction path, if it agrees with ``inplace_predict`` on a probe with missing values."""
+        predict = dense_predictor(self.booster, self.predict_type)
+        if predict is None:
+            return None
+        probe = np.random.default_rng(0).normal(size=(4, self.features)).astype(np.float32)
+        probe[0, 0] = np.nan
+        expected = self.booster.inplace_predict(probe, predict_type=self.predict_type)
+        try:
+            got = predict(probe)
+        except xgboost.core.XGBoostError as exc:
+            log.warning("xgboost C prediction path failed its check (%s); using inplace_predict", exc)
+            return None
+        if got is None or got.shape != np.shape(expected) or not np.array_equal(got, expected):
+            log.warning("xgboost C prediction path disagrees with inplace_predict; using inplace_predict")
+            return None
+        return predict
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": self.device, "predict": "c_api" if self._dense is not None else "inplace_predict"}
 
     def _active_device(self) -> str:
         config = json.loads(self.booster.save_config())
@@ -110,7 +133,9 @@ class XGBoostRuntime(Runtime):
         if data.dtype.kind == "f" and np.isinf(data).any():
             rows = np.flatnonzero(np.isinf(data).any(axis=1))[:10].tolist()
             raise InvalidInputError(f"rows {rows} hold infinite values", input=self.input_name)
-        output = self.booster.inplace_predict(self._to_device(data), predict_type=self.predict_type)
+        output = self._dense(data) if self._dense is not None else None
+        if output is None:
+            output = self.booster.inplace_predict(self._to_device(data), predict_type=self.predict_type)
         if not isinstance(output, np.ndarray):
             output = output.get()  # a cupy array back from the GPU
         return {"predict": np.asarray(output, dtype=np.float32)}
