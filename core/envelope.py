@@ -168,15 +168,19 @@ class InferenceRequest:
 
     def shape_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can be concatenated along the first dimension."""
-        return tuple((name, a.dtype.str, a.shape[1:]) for name, a in self.inputs.items())
+        return tuple([(name, a.dtype, a.shape[1:]) for name, a in self.inputs.items()])
 
     def __repr__(self) -> str:
         return f"InferenceRequest(id={self.id!r}, model={self.model!r}, version={self.version!r}, rows={self.rows})"  # noqa: E501
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchItem:
-    """Per-request metadata inside a batch: serialisable, so a batch can cross a process boundary."""
+    """Per-request metadata inside a batch: serialisable, so a batch can cross a process boundary.
+
+    Read-only by convention; not frozen, because a frozen dataclass costs three times as much to
+    build and one is built per request.
+    """
 
     request_id: str
     rows: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -72,18 +72,22 @@ class TensorSpec:
 
     def check(self, array: np.ndarray[Any, Any]) -> None:
         """Raise ``SignatureMismatchError`` unless ``array`` fits this spec (the batch dimension is free)."""
-        if datatype_of(array) != self.datatype:
+        if _BY_DTYPE.get(array.dtype) != self.datatype and datatype_of(array) != self.datatype:
             raise SignatureMismatchError(
                 f"input {self.name!r} has datatype {datatype_of(array)}, expected {self.datatype}",
                 input=self.name,
             )
-        if len(array.shape) != len(self.shape) or any(
-            want not in (-1, got) for want, got in zip(self.shape[1:], array.shape[1:], strict=True)
-        ):
-            raise SignatureMismatchError(
-                f"input {self.name!r} has shape {list(array.shape)}, expected {list(self.shape)}",
-                input=self.name,
-            )
+        shape = array.shape
+        if len(shape) != len(self.shape):
+            self._wrong_shape(shape)
+        for want, got in zip(self.shape[1:], shape[1:], strict=True):
+            if want != got and want != -1:
+                self._wrong_shape(shape)
+
+    def _wrong_shape(self, shape: tuple[int, ...]) -> NoReturn:
+        raise SignatureMismatchError(
+            f"input {self.name!r} has shape {list(shape)}, expected {list(self.shape)}", input=self.name
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,15 +121,19 @@ class Signature:
         """Raise ``SignatureMismatchError`` if names, datatypes or shapes differ from the signature."""
         if not self.inputs:
             return
-        expected = {spec.name for spec in self.inputs}
-        missing = expected.difference(arrays)
-        unknown = set(arrays).difference(expected)
-        if missing or unknown:
-            raise SignatureMismatchError(
-                "input names do not match the signature",
-                missing=sorted(missing),
-                unexpected=sorted(unknown),
-                expected=sorted(expected),
-            )
         for spec in self.inputs:
-            spec.check(arrays[spec.name])
+            array = arrays.get(spec.name)
+            if array is None:
+                self._wrong_names(arrays)
+            spec.check(array)
+        if len(arrays) != len(self.inputs):
+            self._wrong_names(arrays)
+
+    def _wrong_names(self, arrays: Mapping[str, Any]) -> NoReturn:
+        expected = {spec.name for spec in self.inputs}
+        raise SignatureMismatchError(
+            "input names do not match the signature",
+            missing=sorted(expected.difference(arrays)),
+            unexpected=sorted(set(arrays).difference(expected)),
+            expected=sorted(expected),
+        )
