@@ -5,11 +5,19 @@ each version owns a contiguous range of buckets laid out in a fixed order (the t
 version order). A key therefore keeps its version across requests, processes and restarts, and a
 weight change moves only the keys whose buckets change owner: moving 10% of the traffic from one
 version to its neighbour moves 10% of the keys.
+
+Requests without a key are drawn at random in proportion to the weights, one draw per *run*: the
+version drawn takes the next ``run`` keyless requests, or those that arrive within ``run_ms``
+milliseconds, whichever ends first. Under load a version's keyless requests then arrive together
+and share batches, so a 10% canary adds a few batches instead of one small batch next to almost
+every batch of the stable version. When traffic is light, runs hold one request each, which is
+an independent draw per request. ``run = 1`` draws for every request.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from hashlib import blake2b
@@ -65,7 +73,7 @@ def normalise_weights(weights: Mapping[str, float], known: tuple[str, ...] | lis
 class WeightedSplit:
     """A routing table resolved into bucket ranges and prebuilt routes (no allocation per request)."""
 
-    __slots__ = ("_bounds", "_routes", "versions")
+    __slots__ = ("_bounds", "_routes", "_run_ends", "_run_left", "_run_route", "versions")
 
     def __init__(self, table: RoutingTable, shadows: Mapping[str, tuple[Target, ...]] | None = None) -> None:
         versions = table.versions
@@ -86,6 +94,9 @@ class WeightedSplit:
         self._bounds = bounds
         shadows = shadows or {}
         self._routes = [Route(Target(table.model, v), shadows.get(v, ())) for v in self.versions]
+        self._run_route: Route | None = None
+        self._run_left = 0
+        self._run_ends = 0.0
 
     def __bool__(self) -> bool:
         return bool(self._routes)
@@ -111,6 +122,18 @@ class WeightedSplit:
             return self._routes[0]
         return self._routes[bisect_right(self._bounds, int(random.random() * BUCKETS))]
 
+    def pick_in_runs(self, length: int, seconds: float) -> Route:
+        """``pick``, drawn once per run of up to ``length`` requests within ``seconds``."""
+        now = time.monotonic()
+        route = self._run_route
+        if route is not None and self._run_left > 0 and now < self._run_ends:
+            self._run_left -= 1
+            return route
+        route = self._run_route = self.pick()
+        self._run_left = length - 1
+        self._run_ends = now + seconds
+        return route
+
     def route(self, key: str | None) -> Route:
         return self.pick() if key is None else self.for_key(key)
 
@@ -130,19 +153,33 @@ def check_options(router: str, options: Mapping[str, Any], allowed: Iterable[str
 
 class WeightedRouter(Router):
     """Routes by the table's weights: sticky on ``request.routing_key`` unless ``sticky = false``,
-    random in proportion to the weights for requests without a key.
+    random in proportion to the weights, in runs (``run``, ``run_ms``), for requests without a key.
 
     The resolved split is cached per table object; tables are immutable and swapped whole, so an
     identity check is enough to notice a traffic change.
     """
 
     name: ClassVar[str] = "weighted"
-    option_names: ClassVar[frozenset[str]] = frozenset({"sticky"})
+    option_names: ClassVar[frozenset[str]] = frozenset({"sticky", "run", "run_ms"})
+    #: Keyless requests per draw unless configured.
+    default_run: ClassVar[int] = 32
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         super().__init__(options)
         check_options(self.name, self.options, self.option_names)
         self.sticky = bool(self.options.get("sticky", True))
+        run = self.options.get("run", self.default_run)
+        run_ms = self.options.get("run_ms", 5.0)
+        if isinstance(run, bool) or not isinstance(run, int) or run < 1:
+            raise ConfigError(
+                f"router {self.name!r}: run must be an integer >= 1, got {run!r}", router=self.name
+            )
+        if isinstance(run_ms, bool) or not isinstance(run_ms, int | float) or run_ms <= 0:
+            raise ConfigError(
+                f"router {self.name!r}: run_ms must be a positive number, got {run_ms!r}", router=self.name
+            )
+        self.run = run
+        self.run_seconds = float(run_ms) / 1000.0
         self._cache: tuple[RoutingTable, WeightedSplit] | None = None
 
     def build(self, table: RoutingTable) -> WeightedSplit:
@@ -161,7 +198,9 @@ class WeightedRouter(Router):
     def route(self, request: InferenceRequest, table: RoutingTable) -> Route:
         split = self.split(table)
         key = request.routing_key
-        return split.for_key(key) if key is not None and self.sticky else split.pick()
+        if key is not None and self.sticky:
+            return split.for_key(key)
+        return split.pick_in_runs(self.run, self.run_seconds) if self.run > 1 else split.pick()
 
     def check_weights(self, weights: Mapping[str, float]) -> None:
         """Refuse a split this router cannot serve (``InvalidRequestError``); any split is fine here."""

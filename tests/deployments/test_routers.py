@@ -51,10 +51,44 @@ def test_the_bucket_of_a_key_is_the_same_in_another_process() -> None:
 
 
 def test_random_requests_follow_the_weights() -> None:
-    router = CanaryRouter({})
+    router = CanaryRouter({"run": 1})
     t = table(**{"1": 90.0, "2": 10.0})
     counts = Counter(router.route(request(), t).primary.version for _ in range(20_000))
     assert counts["2"] / 20_000 == pytest.approx(0.10, abs=0.015)
+
+
+def test_keyless_requests_are_drawn_in_runs_that_follow_the_weights() -> None:
+    router = CanaryRouter({"run": 8, "run_ms": 60_000})
+    t = table(**{"1": 90.0, "2": 10.0})
+    versions = [router.route(request(), t).primary.version for _ in range(80_000)]
+    runs = [versions[i : i + 8] for i in range(0, len(versions), 8)]
+    assert all(len(set(run)) == 1 for run in runs)  # one draw per run of 8
+    assert Counter(run[0] for run in runs)["2"] / len(runs) == pytest.approx(0.10, abs=0.01)
+    # keyed requests are not part of any run: they keep their own version
+    assert {router.route(request(k), t).primary.version for k in KEYS[:2000]} == {"1", "2"}
+
+
+def test_a_run_ends_after_run_ms(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ladle.deployments.split as split_module
+
+    now = [100.0]
+    monkeypatch.setattr(split_module.time, "monotonic", lambda: now[0])
+    draws = []
+    original = WeightedSplit.pick
+    monkeypatch.setattr(WeightedSplit, "pick", lambda self: draws.append(now[0]) or original(self))
+    router = CanaryRouter({"run": 1000, "run_ms": 5})
+    t = table(**{"1": 50.0, "2": 50.0})
+    for moment in (100.0, 100.001, 100.0049, 100.006, 100.0061, 100.02):
+        now[0] = moment
+        router.route(request(), t)
+    assert draws == [100.0, 100.006, 100.02]
+
+
+def test_ab_draws_every_keyless_request_and_run_options_are_checked() -> None:
+    assert ABRouter({}).run == 1 and CanaryRouter({}).run == 32
+    for options in ({"run": 0}, {"run": 2.5}, {"run_ms": 0}, {"run_ms": "5"}):
+        with pytest.raises(ConfigError, match="run"):
+            CanaryRouter(options)
 
 
 def test_a_key_keeps_its_version_across_requests() -> None:

@@ -1,7 +1,8 @@
 """The A/B router: a sticky weighted split that records which arm served each request.
 
-Options: ``sticky`` (default ``true``) and ``arms``, a table naming versions
-(``{control = "v1", treatment = "v2"}``); a version without a name is its own arm. The arm of a
+Options: ``sticky`` (default ``true``), ``arms``, a table naming versions
+(``{control = "v1", treatment = "v2"}``; a version without a name is its own arm), and ``run``
+(default 1: every keyless request is drawn on its own, as an experiment wants; see ``split``). The arm of a
 served request is ``arm_of(request.version)``; ``counts`` holds requests routed per arm.
 """
 
@@ -20,7 +21,9 @@ __all__ = ["ABRouter"]
 
 class ABRouter(WeightedRouter):
     name: ClassVar[str] = "ab"
-    option_names: ClassVar[frozenset[str]] = frozenset({"sticky", "arms"})
+    option_names: ClassVar[frozenset[str]] = frozenset({"sticky", "arms", "run", "run_ms"})
+    #: An experiment draws each keyless request on its own.
+    default_run: ClassVar[int] = 1
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         super().__init__(options)

@@ -34,6 +34,8 @@ class ShadowRouter(WeightedRouter):
     )
     #: Tells the serving path that routes may carry shadow copies.
     emits_shadows: ClassVar[bool] = True
+    #: Keyless primaries are drawn per request (the sample decides per request too).
+    default_run: ClassVar[int] = 1
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         super().__init__(options)
