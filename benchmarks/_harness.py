@@ -256,16 +256,33 @@ def running(contender: Contender, log_path: Path) -> Iterator[RunningServer]:
         server.stop()
 
 
-def write_wrk_script(path: Path, body: bytes, content_type: str = "application/json") -> Path:
-    """A wrk Lua script that POSTs ``body`` and prints its results as one JSON line at the end."""
+def write_wrk_script(
+    path: Path, body: bytes, content_type: str = "application/json", key_header: str | None = None
+) -> Path:
+    """A wrk Lua script that POSTs ``body`` and prints its results as one JSON line at the end.
+
+    With ``key_header``, every request carries that header with a fresh random value (a routing
+    key, say), so sticky routers see as many keys as requests.
+    """
     text = body.decode()
     if "]==]" in text:
         raise ValueError("request body contains the Lua long-bracket terminator ]==]")
+    keyed = (
+        f"""
+math.randomseed(os.time())
+request = function()
+  wrk.headers["{key_header}"] = tostring(math.random(1, 2147483647))
+  return wrk.format()
+end
+"""
+        if key_header
+        else ""
+    )
     path.write_text(
         f"""wrk.method = "POST"
 wrk.headers["Content-Type"] = "{content_type}"
 wrk.body = [==[{text}]==]
-
+{keyed}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

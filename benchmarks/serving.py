@@ -97,6 +97,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--model-versions", type=int, default=1, help="identical versions 1..N in the repository"
     )
     parser.add_argument(
+        "--routing-keys",
+        action="store_true",
+        help="give every request a random Ladle-Routing-Key header (for sticky routers)",
+    )
+    parser.add_argument(
         "--cache-dir",
         type=Path,
         default=Path(__file__).resolve().parent / ".cache",
@@ -350,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print("[red]nothing to run[/]")
             return 1
         body = _contenders.v2_body(model.row)
-        script = write_wrk_script(workdir / "request.lua", body)
+        script = write_wrk_script(
+            workdir / "request.lua", body, key_header="Ladle-Routing-Key" if args.routing_keys else None
+        )
         facts = environment()
         console.print(
             f"[bold]serving benchmark[/]: {args.reps} x {args.duration:g} s at "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from sklearn.datasets import load_iris
 
 from ladle import Batch, ConfigError, InvalidInputError
 from ladle.plugins.runtimes.xgboost import detect
-from ladle.plugins.runtimes.xgboost.dense import dense_predictor
+from ladle.plugins.runtimes.xgboost.dense import DensePredictor
 from ladle.testing import models
 
 
@@ -125,10 +126,26 @@ def test_c_prediction_path_equals_inplace_predict(tmp_path, load_runtime, output
 
 
 def test_c_prediction_path_raises_xgboost_errors(booster) -> None:
-    predict = dense_predictor(booster, "value")
+    predict = DensePredictor.create(booster, "value")
     assert predict is not None
     with pytest.raises(xgboost.core.XGBoostError, match="features"):
         predict(np.zeros((1, 31), np.float32))  # the runtime refuses this before XGBoost sees it
+    predict.close()
+    predict.close()
+    ones = np.ones((2, 30), np.float32)
+    np.testing.assert_array_equal(predict(ones), booster.inplace_predict(ones))  # works without its proxy
+
+
+def test_c_prediction_path_is_safe_from_several_threads(booster, features) -> None:
+    """One call at a time uses the shared proxy DMatrix; a concurrent call gets XGBoost's own."""
+    predict = DensePredictor.create(booster, "value")
+    assert predict is not None
+    expected = booster.inplace_predict(features)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: predict(features[i % 7 :]), range(200)))
+    for i, got in enumerate(results):
+        np.testing.assert_array_equal(got, expected[i % 7 :])
+    predict.close()
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from ladle import Arrays, Batch, InvalidInputError, Runtime, Signature, TensorSp
 from ladle.errors import ConfigError
 
 from . import ARTIFACTS
-from .dense import DensePredict, dense_predictor
+from .dense import DensePredictor
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ class XGBoostRuntime(Runtime):
         self.model_bytes = len(self.booster.save_raw("ubj"))
         log.info("xgboost %s: %d features, device %s", path, self.features, self.device)
 
-    def _checked_dense_predictor(self) -> DensePredict | None:
+    def _checked_dense_predictor(self) -> DensePredictor | None:
         """The C prediction path, if it agrees with ``inplace_predict`` on a probe with missing values."""
-        predict = dense_predictor(self.booster, self.predict_type)
+        predict = DensePredictor.create(self.booster, self.predict_type)
         if predict is None:
             return None
         probe = np.random.default_rng(0).normal(size=(4, self.features)).astype(np.float32)
@@ -92,9 +92,11 @@ class XGBoostRuntime(Runtime):
             got = predict(probe)
         except xgboost.core.XGBoostError as exc:
             log.warning("xgboost C prediction path failed its check (%s); using inplace_predict", exc)
+            predict.close()
             return None
         if got is None or got.shape != np.shape(expected) or not np.array_equal(got, expected):
             log.warning("xgboost C prediction path disagrees with inplace_predict; using inplace_predict")
+            predict.close()
             return None
         return predict
 
@@ -145,4 +147,7 @@ class XGBoostRuntime(Runtime):
         return self.model_bytes
 
     def unload(self) -> None:
+        dense = self.__dict__.pop("_dense", None)
+        if dense is not None:
+            dense.close()
         self.__dict__.pop("booster", None)
