@@ -85,7 +85,7 @@ def test_a_run_ends_after_run_ms(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_ab_draws_every_keyless_request_and_run_options_are_checked() -> None:
-    assert ABRouter({}).run == 1 and CanaryRouter({}).run == 32
+    assert ABRouter({}).run == 1 and CanaryRouter({}).run == 256
     for options in ({"run": 0}, {"run": 2.5}, {"run_ms": 0}, {"run_ms": "5"}):
         with pytest.raises(ConfigError, match="run"):
             CanaryRouter(options)
@@ -124,7 +124,7 @@ def test_a_three_way_split_moves_only_what_the_change_needs() -> None:
 
 
 def test_sticky_false_ignores_the_key() -> None:
-    router = CanaryRouter({"sticky": False})
+    router = CanaryRouter({"sticky": False, "run": 1})
     t = table(**{"1": 50.0, "2": 50.0})
     assert len({router.route(request("same-user"), t).primary.version for _ in range(200)}) == 2
 

@@ -2,7 +2,7 @@
 
 Options: ``sticky`` (default ``true``): requests with a routing key (header ``Ladle-Routing-Key``)
 always reach the same version for a given split, and a weight change moves only the keys it must.
-``run`` (default 32) and ``run_ms`` (default 5): requests without a key are drawn in runs of up to
+``run`` (default 256) and ``run_ms`` (default 20): requests without a key are drawn in runs of up to
 ``run`` requests within ``run_ms`` milliseconds, so each version's share arrives together and
 batches well (``ladle.deployments.split``); ``run = 1`` draws every request on its own.
 """
