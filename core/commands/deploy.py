@@ -19,6 +19,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--traffic", type=float, help="percent of the traffic for the version (default 100)")
     parser.add_argument("--steps", help="guarded rollout: percent steps ending at 100, e.g. 5,25,50,100")
     parser.add_argument("--interval", type=float, help="guarded rollout: minimum seconds at each step")
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        help="guarded rollout: roll back when a step lacks samples after this many seconds",
+    )
     parser.add_argument("--router", help="router for the model: canary, shadow, blue-green, ab, cascade")
     parser.add_argument("--options", help='deployment options as JSON: {"rollout": ..., "resilience": ...}')
     parser.add_argument(
@@ -34,12 +39,14 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise ValueError("--options must be a JSON object")
         options = loaded
-    if args.steps or args.interval is not None:
+    if args.steps or args.interval is not None or args.max_wait is not None:
         rollout = options.setdefault("rollout", {})
         if args.steps:
             rollout["steps"] = [float(step) for step in args.steps.split(",")]
         if args.interval is not None:
             rollout["interval"] = args.interval
+        if args.max_wait is not None:
+            rollout["max_wait"] = args.max_wait
     if args.router:
         options["router"] = {**options.get("router", {}), "name": args.router}
     return options

@@ -686,6 +686,13 @@ class DeploymentController:
                 endpoint, rollout.stable, f"guard breached: {verdict.reason()}", rollout, _verdict(verdict)
             )
 
+    async def rollout_stalled(self, rollout: GuardedRollout) -> None:
+        endpoint = self.manager.endpoint(rollout.model)
+        async with self._lock(rollout.model):
+            await self._apply_rollback(
+                endpoint, rollout.stable, rollout.reason, rollout, _verdict(rollout.verdict)
+            )
+
     async def rollout_promoted(self, rollout: GuardedRollout) -> None:
         endpoint = self.manager.endpoint(rollout.model)
         async with self._lock(rollout.model):

@@ -2,8 +2,10 @@
 
 At each step below 100% the canary holds its share for at least ``interval`` seconds and until the
 guards have enough samples (``guard.min_samples`` per version within ``guard.window``); a breach at
-any moment rolls back at once. Reaching 100% promotes the canary (the stable version no longer has
-traffic to be compared with). See ``ladle.deployments.guards`` for the tests.
+any moment rolls back at once. A step that has not gathered enough samples after ``max_wait``
+seconds (when set) rolls back too: a canary nobody exercises is not shown to be healthy. Reaching
+100% promotes the canary (the stable version no longer has traffic to be compared with). See
+``ladle.deployments.guards`` for the tests.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class RolloutPlan(BaseModel):
     steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0])
     interval: float = Field(default=60.0, ge=0, description="minimum seconds at each step below 100")
     check_every: float = Field(default=1.0, gt=0, description="seconds between judgements")
+    max_wait: float | None = Field(
+        default=None, gt=0, description="seconds a step may wait for enough samples; none: no limit"
+    )
     guard: GuardPolicy = GuardPolicy()
 
     @field_validator("steps")
@@ -51,6 +56,9 @@ class RolloutHost(Protocol):
 
     async def rollout_promoted(self, rollout: GuardedRollout) -> None:
         """Give the canary all traffic and make it the stable version."""
+
+    async def rollout_stalled(self, rollout: GuardedRollout) -> None:
+        """Roll back to the stable version: a step gathered too few samples within ``max_wait``."""
 
     async def rollout_failed(self, rollout: GuardedRollout, error: Exception) -> None:
         """The rollout could not go on (the traffic stays where it is); record why."""
@@ -144,8 +152,17 @@ class GuardedRollout:
                     self.reason = verdict.reason()
                     await self.host.rollout_breached(self, verdict)
                     return
-                if verdict.healthy and time.monotonic() - self.step_started >= self.plan.interval:
+                waited = time.monotonic() - self.step_started
+                if verdict.healthy and waited >= self.plan.interval:
                     break
+                if not verdict.ready and self.plan.max_wait is not None and waited >= self.plan.max_wait:
+                    self.state = "rolled_back"
+                    self.reason = (
+                        f"not enough traffic: the {self.percent:g}% step gathered fewer than "
+                        f"{self.plan.guard.min_samples} requests per version in {self.plan.max_wait:g} s"
+                    )
+                    await self.host.rollout_stalled(self)
+                    return
             self.step += 1
         self.step = len(steps) - 1
         self.state = "promoted"
@@ -159,6 +176,8 @@ class GuardedRollout:
             "step": self.step,
             "percent": self.percent,
             "steps": list(self.plan.steps),
+            "interval": self.plan.interval,
+            "max_wait": self.plan.max_wait,
             "reason": self.reason,
             "verdict": None
             if self.verdict is None

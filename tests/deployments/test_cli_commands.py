@@ -62,8 +62,11 @@ def test_the_commands_drive_the_api(server: tuple[str, Path], capsys: pytest.Cap
     assert "fraud: v1 100%" in capsys.readouterr().out
 
     write_version(repo, "fraud", "v3")
-    assert main(["deploy", "fraud", "v3", "--steps", "20,100", "--interval", "3600", *connection]) == 0
+    deploy = ["deploy", "fraud", "v3", "--steps", "20,100", "--interval", "3600", "--max-wait", "7200"]
+    assert main([*deploy, *connection]) == 0
     assert "rollout of v3 running at 20" in capsys.readouterr().out
+    assert main(["status", "fraud", "--json", *connection]) == 0
+    assert orjson.loads(capsys.readouterr().out)["rollout"]["max_wait"] == 7200
 
     assert main(["status", "fraud", *connection]) == 0
     shown = capsys.readouterr().out

@@ -151,6 +151,21 @@ async def test_a_manual_traffic_change_cancels_the_rollout(repo: Path, tmp_path:
         assert state["history"]["events"][0]["kind"] == "rollout_cancelled"
 
 
+@run_async
+async def test_a_step_without_enough_traffic_rolls_back_after_max_wait(repo: Path, tmp_path: Path) -> None:
+    async with serving(make_config(repo, tmp_path / "d.db")) as (manager, controller):
+        write_version(repo, "fraud", "v2")
+        plan = {**PLAN, "max_wait": 0.4}
+        state = await roll_out(controller, Load(manager.endpoint("fraud"), rate=5), plan)
+        assert state["traffic"] == {"v1": 100.0}
+        assert state["rollout"]["state"] == "rolled_back"
+        assert (
+            "not enough traffic: the 20% step gathered fewer than 30 requests" in state["rollout"]["reason"]
+        )
+        event = state["history"]["events"][0]
+        assert event["kind"] == "rolled_back" and "not enough traffic" in event["message"]
+
+
 def test_rollout_plans_are_validated() -> None:
     from pydantic import ValidationError
 
@@ -160,4 +175,6 @@ def test_rollout_plans_are_validated() -> None:
         DeploymentOptions.model_validate({"rollout": {"steps": [5, 50]}})
     with pytest.raises(ValidationError, match="increase"):
         DeploymentOptions.model_validate({"rollout": {"steps": [50, 25, 100]}})
+    with pytest.raises(ValidationError, match="max_wait"):
+        DeploymentOptions.model_validate({"rollout": {"max_wait": 0}})
     assert np.isclose(DeploymentOptions.model_validate({}).model_dump()["rollout"] or 0, 0)
