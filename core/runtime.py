@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .envelope import Arrays, Batch
-from .errors import ConfigError
+from .errors import ConfigError, InvalidInputError
 from .tensors import Signature, numpy_dtype
 
-__all__ = ["InstanceState", "Runtime", "RuntimeSpec", "process_rss_bytes", "run_fixed_batches"]
+__all__ = ["InstanceState", "Runtime", "RuntimeSpec", "named_input", "process_rss_bytes", "run_fixed_batches"]
 
 
 class InstanceState(StrEnum):
@@ -156,6 +156,17 @@ def process_rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def named_input(inputs: Arrays, name: str, names: Sequence[str]) -> np.ndarray[Any, Any]:
+    """The array of input ``name`` among a model's ``names``; a model with one input also takes a
+    request's only array whatever it is called. Raises ``InvalidInputError`` naming what is missing."""
+    array = inputs.get(name)
+    if array is None:
+        if len(names) != 1 or len(inputs) != 1:
+            raise InvalidInputError(f"missing input {name!r}; the model takes {list(names)}", input=name)
+        array = next(iter(inputs.values()))
+    return array
 
 
 def run_fixed_batches(run: Callable[[Arrays], Arrays], inputs: Arrays, rows: int, size: int) -> Arrays:

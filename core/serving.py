@@ -125,6 +125,10 @@ class ModelEndpoint:
                 version = table.versions[-1]
             else:
                 version = self.router.route(request, table).primary.version
+        return self.loaded(version)
+
+    def loaded(self, version: str) -> VersionEndpoint:
+        """The endpoint of a loaded version; ``ModelNotFoundError`` naming the loaded ones otherwise."""
         endpoint = self.versions.get(version)
         if endpoint is None:
             raise ModelNotFoundError(
@@ -306,11 +310,7 @@ class ModelManager:
     async def unload_version(self, model: str, version: str, drain_timeout: float | None = None) -> None:
         """Take a version out of routing first, then drain and stop it."""
         endpoint = self.endpoint(model)
-        target = endpoint.versions.get(version)
-        if target is None:
-            raise ModelNotFoundError(
-                f"model {model!r} has no version {version!r}", model=model, version=version
-            )
+        target = endpoint.loaded(version)
         table = endpoint.table
         weights = {v: w for v, w in table.weights.items() if v != version}
         endpoint.set_table(

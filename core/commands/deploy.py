@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from ..deployments.client import ControlError, add_connection_options, client_from, fail, print_json, summary
+from ..deployments.client import ControlError, add_connection_options, client_from, fail, report
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -66,9 +66,6 @@ def run(args: argparse.Namespace) -> int:
                 state = client.status(args.model)
     except ControlError as exc:
         return fail(exc)
-    if args.json:
-        print_json(state)
-    else:
-        print(summary(state))
+    report(state, args.json)
     rolled_back = args.wait and (state.get("rollout") or {}).get("state") == "rolled_back"
     return 1 if rolled_back else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..deployments.client import ControlError, add_connection_options, client_from, fail, print_json, summary
+from ..deployments.client import ControlError, add_connection_options, client_from, fail, report
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +21,5 @@ def run(args: argparse.Namespace) -> int:
             state = client.rollback(args.model, args.to)
     except ControlError as exc:
         return fail(exc)
-    if args.json:
-        print_json(state)
-    else:
-        print(summary(state))
+    report(state, args.json)
     return 0

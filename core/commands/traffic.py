@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..deployments.client import ControlError, add_connection_options, client_from, fail, print_json, summary
+from ..deployments.client import ControlError, add_connection_options, client_from, fail, report
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +32,5 @@ def run(args: argparse.Namespace) -> int:
             state = client.traffic(args.model, weights)
     except ControlError as exc:
         return fail(exc)
-    if args.json:
-        print_json(state)
-    else:
-        print(summary(state))
+    report(state, args.json)
     return 0

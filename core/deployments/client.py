@@ -10,7 +10,16 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ControlClient", "ControlError", "add_connection_options", "client_from", "fail", "print_json"]
+__all__ = [
+    "ControlClient",
+    "ControlError",
+    "add_connection_options",
+    "client_from",
+    "fail",
+    "print_json",
+    "report",
+    "summary",
+]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -105,6 +114,14 @@ def fail(error: ControlError) -> int:
 
 def print_json(data: Any) -> None:
     print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def report(state: dict[str, Any], as_json: bool) -> None:
+    """Print a model's state after a change: JSON, or its one-line summary."""
+    if as_json:
+        print_json(state)
+    else:
+        print(summary(state))
 
 
 def summary(state: dict[str, Any]) -> str:

@@ -203,15 +203,7 @@ class Delivery:
                 if primary.model != endpoint.name:
                     return self._forward(request, primary)
                 version = primary.version
-        target = endpoint.versions.get(version)
-        if target is None:
-            raise ModelNotFoundError(
-                f"model {endpoint.name!r} has no version {version!r}",
-                model=endpoint.name,
-                version=version,
-                available=sorted(endpoint.versions),
-            )
-        return self._dispatch(endpoint, request, target, route, True)
+        return self._dispatch(endpoint, request, endpoint.loaded(version), route, True)
 
     def _dispatch(
         self,

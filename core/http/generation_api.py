@@ -110,6 +110,15 @@ async def _stream_events(
     yield _DONE
 
 
+def _event_response(
+    stream: GenerationStream, render: Callable[[GenerationChunk], list[bytes]], headers: Mapping[str, str]
+) -> StreamingResponse:
+    """The ``text/event-stream`` response of a streamed generation."""
+    return StreamingResponse(
+        _stream_events(stream, render), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
+    )
+
+
 def _openai_object(
     request_id: str,
     kind: str,
@@ -198,11 +207,7 @@ def routes(server: Server) -> list[BaseRoute]:
                     )
                 return events
 
-            return StreamingResponse(
-                _stream_events(stream, render),
-                media_type="text/event-stream",
-                headers={**_SSE_HEADERS, **headers},
-            )
+            return _event_response(stream, render, headers)
         try:
             result = await stream.collect()
         except LadleError as exc:
@@ -291,11 +296,7 @@ def routes(server: Server) -> list[BaseRoute]:
                     events.append(_sse(envelope([], chunk.usage.to_dict())))
                 return events
 
-            return StreamingResponse(
-                _stream_events(stream, render),
-                media_type="text/event-stream",
-                headers={**_SSE_HEADERS, **headers},
-            )
+            return _event_response(stream, render, headers)
         result = await stream.collect()
         return json_response(
             envelope([choice(result.text, result.finish_reason)], result.usage.to_dict()), 200, headers
@@ -357,11 +358,7 @@ def routes(server: Server) -> list[BaseRoute]:
                         events.append(_sse(envelope([], chunk.usage.to_dict())))
                 return events
 
-            return StreamingResponse(
-                _stream_events(stream, render),
-                media_type="text/event-stream",
-                headers={**_SSE_HEADERS, **headers},
-            )
+            return _event_response(stream, render, headers)
         result = await stream.collect()
         message = {"role": "assistant", "content": result.text}
         choice = {"index": 0, "message": message, "finish_reason": result.finish_reason}

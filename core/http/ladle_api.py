@@ -26,12 +26,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..envelope import Arrays, InferenceRequest
-from ..errors import InvalidRequestError, LadleError
+from ..errors import InvalidRequestError
 from ..server import Server
 from ..serving import ModelEndpoint
 from ..tensors import Signature, numpy_dtype
 from .fast_path import JSON_HEADERS, FastRoutes, Reply
-from .request_context import VERSION_HEADER, RequestContext, served_by
+from .request_context import RequestContext, answer
 from .responses import read_body
 from .v2_codec import parse_json
 
@@ -134,13 +134,7 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
             trace=context.trace,
             rows=len(records),
         )
-        served, future = endpoint.submit(envelope)
-        try:
-            outputs = await future
-        except LadleError as exc:
-            exc.headers = {VERSION_HEADER: served.version}
-            raise
-        version_name, model_name, extra = served_by(outputs, served.version)
+        outputs, version_name, model_name, extra = await answer(endpoint, envelope)
         payload = {
             "id": envelope.id,
             "model": model_name or endpoint.name,

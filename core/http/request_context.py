@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..deployments.delivery import ServedOutputs
-from ..envelope import Arrays, Priority, TraceContext
-from ..errors import InvalidRequestError
+from ..envelope import Arrays, InferenceRequest, Priority, TraceContext
+from ..errors import InvalidRequestError, LadleError
 
-__all__ = ["DEADLINE_HEADER", "PRIORITY_HEADER", "ROUTING_KEY_HEADER", "VERSION_HEADER", "RequestContext"]
+if TYPE_CHECKING:
+    from ..serving import ModelEndpoint
+
+__all__ = [
+    "DEADLINE_HEADER",
+    "PRIORITY_HEADER",
+    "ROUTING_KEY_HEADER",
+    "VERSION_HEADER",
+    "RequestContext",
+    "answer",
+    "served_by",
+]
 
 DEADLINE_HEADER = "ladle-timeout-ms"
 PRIORITY_HEADER = "ladle-priority"
@@ -31,6 +42,20 @@ def served_by(outputs: Arrays, version: str) -> tuple[str, str | None, dict[str,
     if outputs.reason:
         headers[FALLBACK_HEADER] = outputs.reason
     return served, outputs.model, headers
+
+
+async def answer(
+    endpoint: ModelEndpoint, request: InferenceRequest
+) -> tuple[Arrays, str, str | None, dict[str, str]]:
+    """Route and await ``request``: its outputs, then ``served_by``'s version, model and headers.
+    A failure carries the version header of the version it reached."""
+    served, future = endpoint.submit(request)
+    try:
+        outputs = await future
+    except LadleError as exc:
+        exc.headers = {VERSION_HEADER: served.version}
+        raise
+    return (outputs, *served_by(outputs, served.version))
 
 
 class RequestContext:

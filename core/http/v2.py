@@ -10,11 +10,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..envelope import InferenceRequest
-from ..errors import InvalidRequestError, LadleError
+from ..errors import InvalidRequestError
 from ..server import Server
 from ..serving import ModelEndpoint, VersionEndpoint
 from .fast_path import JSON_HEADERS, FastRoutes, Reply
-from .request_context import VERSION_HEADER, RequestContext, served_by
+from .request_context import RequestContext, answer
 from .responses import JSON, json_response, read_body
 from .v2_codec import HEADER_LENGTH, decode_request, encode_response
 
@@ -101,13 +101,7 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
             outputs=decoded.outputs,
             rows=decoded.rows,
         )
-        served, future = endpoint.submit(envelope)
-        try:
-            outputs = await future
-        except LadleError as exc:
-            exc.headers = {VERSION_HEADER: served.version}
-            raise
-        version_name, model_name, extra = served_by(outputs, served.version)
+        outputs, version_name, model_name, extra = await answer(endpoint, envelope)
         content, json_length = encode_response(
             model_name or endpoint.name,
             version_name,

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from ..scaling import VersionMetrics
 from .series import DEFAULT_LATENCY_BOUNDS, HistogramSnapshot, SlotClock, WindowedCounter, WindowedHistogram
@@ -35,6 +35,7 @@ __all__ = [
     "StatsRegistry",
     "VersionStats",
     "WindowStats",
+    "WindowedFamily",
 ]
 
 #: Attribute names on exported series (OpenTelemetry style; ``error.type`` is the semantic-convention one).
@@ -87,7 +88,39 @@ class MetricFamily:
         """Drop every series whose key ``match`` accepts (a version was unloaded)."""
 
 
-class HistogramFamily(MetricFamily):
+SeriesT = TypeVar("SeriesT")
+
+
+class WindowedFamily(MetricFamily, Generic[SeriesT]):
+    """A family whose series keep slots over ``horizon`` seconds (histograms and counters)."""
+
+    def __init__(
+        self, name: str, unit: str, description: str, horizon: float, slot_seconds: float = 1.0
+    ) -> None:
+        super().__init__(name, unit, description)
+        self.horizon = horizon
+        self.slot_seconds = slot_seconds
+        self.series: dict[Attributes, SeriesT] = {}
+        self.started: dict[Attributes, float] = {}
+
+    def _create(self, key: Attributes, make: Callable[[], SeriesT]) -> SeriesT:
+        """The series of ``key``, made by ``make`` unless another thread made it first."""
+        with self._lock:
+            series = self.series.get(key)
+            if series is None:
+                series = make()
+                self.started[key] = time.time()
+                self.series[key] = series
+        return series
+
+    def remove(self, match: Callable[[Attributes], bool]) -> None:
+        with self._lock:
+            for key in [k for k in self.series if match(k)]:
+                del self.series[key]
+                self.started.pop(key, None)
+
+
+class HistogramFamily(WindowedFamily[WindowedHistogram]):
     """Fixed-bucket histograms (cumulative for export, windowed for controllers)."""
 
     kind: Kind = "histogram"
@@ -101,12 +134,8 @@ class HistogramFamily(MetricFamily):
         horizon: float,
         slot_seconds: float = 1.0,
     ) -> None:
-        super().__init__(name, unit, description)
+        super().__init__(name, unit, description, horizon, slot_seconds)
         self.bounds = tuple(float(b) for b in bounds)
-        self.horizon = horizon
-        self.slot_seconds = slot_seconds
-        self.series: dict[Attributes, WindowedHistogram] = {}
-        self.started: dict[Attributes, float] = {}
 
     def get(
         self, key: Attributes, bounds: Sequence[float] | None = None, clock: SlotClock | None = None
@@ -118,20 +147,18 @@ class HistogramFamily(MetricFamily):
         series recorded together with it (it must have the family's slot length).
         """
         series = self.series.get(key)
-        if series is None:
-            with self._lock:
-                series = self.series.get(key)
-                if series is None:
-                    series = WindowedHistogram(
-                        self.bounds if bounds is None else bounds,
-                        self.horizon,
-                        self.slot_seconds,
-                        time.monotonic(),
-                        clock,
-                    )
-                    self.started[key] = time.time()
-                    self.series[key] = series
-        return series
+        if series is not None:
+            return series
+        return self._create(
+            key,
+            lambda: WindowedHistogram(
+                self.bounds if bounds is None else bounds,
+                self.horizon,
+                self.slot_seconds,
+                time.monotonic(),
+                clock,
+            ),
+        )
 
     def record(
         self,
@@ -147,12 +174,6 @@ class HistogramFamily(MetricFamily):
                 values, time.monotonic() if now is None else now
             )
 
-    def remove(self, match: Callable[[Attributes], bool]) -> None:
-        with self._lock:
-            for key in [k for k in self.series if match(k)]:
-                del self.series[key]
-                self.started.pop(key, None)
-
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),
@@ -162,31 +183,19 @@ class HistogramFamily(MetricFamily):
         }
 
 
-class CounterFamily(MetricFamily):
+class CounterFamily(WindowedFamily[WindowedCounter]):
     """Monotonic counts (cumulative for export, windowed for controllers)."""
 
     kind: Kind = "counter"
 
-    def __init__(
-        self, name: str, unit: str, description: str, horizon: float, slot_seconds: float = 1.0
-    ) -> None:
-        super().__init__(name, unit, description)
-        self.horizon = horizon
-        self.slot_seconds = slot_seconds
-        self.series: dict[Attributes, WindowedCounter] = {}
-        self.started: dict[Attributes, float] = {}
-
     def get(self, key: Attributes, clock: SlotClock | None = None) -> WindowedCounter:
         """The series of ``key``, created on first use (``clock`` as for histograms)."""
         series = self.series.get(key)
-        if series is None:
-            with self._lock:
-                series = self.series.get(key)
-                if series is None:
-                    series = WindowedCounter(self.horizon, self.slot_seconds, time.monotonic(), clock)
-                    self.started[key] = time.time()
-                    self.series[key] = series
-        return series
+        if series is not None:
+            return series
+        return self._create(
+            key, lambda: WindowedCounter(self.horizon, self.slot_seconds, time.monotonic(), clock)
+        )
 
     def add(
         self,
@@ -199,12 +208,6 @@ class CounterFamily(MetricFamily):
         self.get(version_attributes(model, version, attributes)).add(
             amount, time.monotonic() if now is None else now
         )
-
-    def remove(self, match: Callable[[Attributes], bool]) -> None:
-        with self._lock:
-            for key in [k for k in self.series if match(k)]:
-                del self.series[key]
-                self.started.pop(key, None)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "slot_seconds": self.slot_seconds}

@@ -22,7 +22,7 @@ from jax import export
 
 from ladle import Arrays, Batch, InvalidInputError, Runtime, Signature, TensorSpec
 from ladle.errors import ConfigError
-from ladle.runtime import run_fixed_batches
+from ladle.runtime import named_input, run_fixed_batches
 from ladle.tensors import DATATYPES
 
 from . import ARTIFACT
@@ -161,13 +161,7 @@ class JaxRuntime(Runtime):
     def _pick(self, inputs: Arrays) -> Arrays:
         picked: Arrays = {}
         for spec in self._inputs:
-            array = inputs.get(spec.name)
-            if array is None:
-                if len(self._inputs) != 1 or len(inputs) != 1:
-                    raise InvalidInputError(
-                        f"missing input {spec.name!r}; the model takes {self.input_names}", input=spec.name
-                    )
-                array = next(iter(inputs.values()))
+            array = named_input(inputs, spec.name, self.input_names)
             spec.check(array)
             if self.reject_non_finite and array.dtype.kind == "f":
                 finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)

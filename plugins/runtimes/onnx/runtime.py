@@ -17,7 +17,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from ladle import Arrays, Batch, InvalidInputError, Runtime, Signature, TensorSpec
 from ladle.errors import ConfigError
-from ladle.runtime import run_fixed_batches
+from ladle.runtime import named_input, run_fixed_batches
 
 from . import ARTIFACT
 
@@ -195,18 +195,8 @@ class OnnxRuntime(Runtime):
         return self._run(feed)
 
     def _feed(self, inputs: Arrays) -> Arrays:
-        feed: Arrays = {}
-        for spec in self._inputs:
-            array = inputs.get(spec.name)
-            if array is None:
-                if len(self._inputs) != 1 or len(inputs) != 1:
-                    raise InvalidInputError(
-                        f"missing input {spec.name!r}; the model takes {[s.name for s in self._inputs]}",
-                        input=spec.name,
-                    )
-                array = next(iter(inputs.values()))
-            feed[spec.name] = array
-        return feed
+        names = [spec.name for spec in self._inputs]
+        return {name: named_input(inputs, name, names) for name in names}
 
     def _run(self, feed: Arrays) -> Arrays:
         try:

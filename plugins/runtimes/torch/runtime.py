@@ -32,7 +32,7 @@ import torch.utils._pytree as pytree
 
 from ladle import Arrays, Batch, InvalidInputError, Runtime, Signature, TensorSpec
 from ladle.errors import ConfigError
-from ladle.runtime import run_fixed_batches
+from ladle.runtime import named_input, run_fixed_batches
 
 from . import ARTIFACTS
 
@@ -258,16 +258,7 @@ class TorchRuntime(Runtime):
         return self._run(inputs)
 
     def _pick(self, inputs: Arrays) -> Arrays:
-        picked: Arrays = {}
-        for name in self.input_names:
-            array = inputs.get(name)
-            if array is None:
-                if len(self.input_names) != 1 or len(inputs) != 1:
-                    raise InvalidInputError(
-                        f"missing input {name!r}; the model takes {self.input_names}", input=name
-                    )
-                array = next(iter(inputs.values()))
-            picked[name] = array
+        picked = {name: named_input(inputs, name, self.input_names) for name in self.input_names}
         for spec in self._inputs:
             spec.check(picked[spec.name])
         return picked
