@@ -123,6 +123,14 @@ def test_c_prediction_path_equals_inplace_predict(tmp_path, load_runtime, output
         expected = booster.inplace_predict(matrix, predict_type=predict_type)
         assert got.shape == expected.shape == (len(matrix), 3)
         np.testing.assert_array_equal(got, expected)
+    # which of them the C call itself took, and which it left to inplace_predict
+    direct = DensePredictor.create(booster, predict_type)
+    assert direct is not None
+    for matrix in (rows.astype(np.float32), rows, rows[:1]):
+        expected = booster.inplace_predict(matrix, predict_type=predict_type)
+        np.testing.assert_array_equal(direct(matrix), expected)
+    assert all(direct(matrix) is None for matrix in layouts[2:])
+    direct.close()
 
 
 def test_c_prediction_path_raises_xgboost_errors(booster) -> None:

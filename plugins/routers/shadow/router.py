@@ -1,4 +1,5 @@
-"""The shadow router: primaries by the weights (as the canary router), plus a mirrored copy.
+"""The shadow router: primaries by the weights (as the canary router, but with a draw for every
+keyless request), plus a mirrored copy.
 
 Options:
 
@@ -34,8 +35,6 @@ class ShadowRouter(WeightedRouter):
     )
     #: Tells the serving path that routes may carry shadow copies.
     emits_shadows: ClassVar[bool] = True
-    #: Keyless primaries are drawn per request (the sample decides per request too).
-    default_run: ClassVar[int] = 1
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         super().__init__(options)
