@@ -119,13 +119,24 @@ def _ladle_argv() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "ladle.cli"]
 
 
-def ladle(name: str, target: Path, model: BenchModel, description: str = "") -> Contender:
-    """``ladle serve TARGET --port P``; ``TARGET`` is a model repository or a ``ladle.toml``."""
+def ladle(
+    name: str, target: Path, model: BenchModel, description: str = "", installed: Path | None = None
+) -> Contender:
+    """``ladle serve TARGET --port P``; ``TARGET`` is a model repository or a ``ladle.toml``.
+
+    ``installed`` runs another ladle instead of this one: a folder it was installed into with
+    ``pip install --no-deps --target DIR`` (an older commit, to compare releases side by side).
+    """
+    if installed is not None:
+        argv = [sys.executable, "-m", "ladle.cli"]
+        env = {"PYTHONPATH": str(installed.resolve())}
+    else:
+        argv, env = _ladle_argv(), {}
     return Contender(
         name=name,
         role="ladle",
         path=INFER_PATH,
-        launch=lambda port: Launch([*_ladle_argv(), "serve", str(target), "--port", str(port)]),
+        launch=lambda port: Launch([*argv, "serve", str(target), "--port", str(port)], env=env),
         check=ContenderCheck(model, exact=True),
         description=description or f"ladle serve {target.name}",
     )

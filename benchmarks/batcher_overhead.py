@@ -37,8 +37,7 @@ from ladle import (
     ThreadExecutor,
     hookimpl,
 )
-from ladle.execution import ItemResult, execute_isolated
-from ladle.instance import Executor, build_runtime
+from ladle.executors import Executor, ItemResult, build_runtime, execute_isolated
 from ladle.plugins.batchers.dynamic.batcher import DynamicBatcher
 from ladle.plugins.batchers.passthrough.batcher import PassthroughBatcher
 

@@ -1,8 +1,8 @@
 """What progressive delivery costs on the data path, side by side with a single version.
 
-1. ``route+submit``: ``ModelEndpoint.submit`` through a 90/10 sticky canary (every request has a
-   routing key, hashed with BLAKE2b) against a model with one version, with a batcher that answers
-   at once, so only routing and submission are timed. Also the routing decision alone.
+1. ``route+submit``: the admission pipeline (``Admission.admit``) through a 90/10 sticky canary
+   (every request has a routing key, hashed with BLAKE2b) against a model with one version, with a
+   batcher that answers at once, so only routing and submission are timed. Also the routing decision alone.
 2. ``in-process``: the same two models behind the real dynamic batcher and a trivial runtime on
    its thread: one client awaiting each answer, then 32 concurrent clients.
    A third contender routes through the canary router with a 100/0 table: it pays the sticky
@@ -38,6 +38,16 @@ from ladle import Arrays, Batch, Batcher, InferenceRequest, PluginHost, Runtime,
 from ladle.config import ServerConfig
 from ladle.deployments.controller import DeploymentController
 from ladle.serving import ModelEndpoint, ModelManager
+
+Submit = Callable[[InferenceRequest], "asyncio.Future[Arrays]"]
+
+
+def _submitter(manager: ModelManager, endpoint: ModelEndpoint) -> Submit:
+    """Route, check and queue one request the way the server does."""
+    admission = getattr(manager, "admission", None)  # releases before the admission pipeline lack it
+    if admission is not None:
+        return lambda request: admission.admit(request).future
+    return lambda request: endpoint.submit(request)[1]  # type: ignore[attr-defined,no-any-return]
 
 
 class EchoRuntime(Runtime):
@@ -147,11 +157,11 @@ async def route_and_submit(repo: Path, count: int, repeat: int) -> None:
         for name, endpoint in order:
             requests = _requests(endpoint.name, count)
 
-            def submit_all(
-                endpoint: ModelEndpoint = endpoint, requests: list[InferenceRequest] = requests
-            ) -> None:
+            submit = _submitter(manager, endpoint)
+
+            def submit_all(submit: Submit = submit, requests: list[InferenceRequest] = requests) -> None:
                 for request in requests:
-                    endpoint.submit(request)[1].result()
+                    submit(request).result()
 
             submit_us[name].append(_timed(submit_all) / count * 1e6)
             requests = _requests(endpoint.name, count)
@@ -160,11 +170,12 @@ async def route_and_submit(repo: Path, count: int, repeat: int) -> None:
                 endpoint: ModelEndpoint = endpoint, requests: list[InferenceRequest] = requests
             ) -> None:
                 for request in requests:
-                    endpoint.version(None, request)
+                    endpoint.router.route(request, endpoint.table)
 
             route_us[name].append(_timed(route_all) / count * 1e6)
     canary = manager.endpoint("canary")
-    share = sum(canary.version(None, r).version == "v2" for r in _requests("canary", count)) / count
+    routed = [canary.router.route(r, canary.table).primary.version for r in _requests("canary", count)]
+    share = routed.count("v2") / count
     print(f"\n1. route+submit, {count} requests x {repeat} interleaved repetitions (median us/request)")
     print(f"   (canary share measured: {share:.1%} to v2)")
     _table(["", "route only", "route+submit"], [[n, route_us[n], submit_us[n]] for n in endpoints])
@@ -172,13 +183,13 @@ async def route_and_submit(repo: Path, count: int, repeat: int) -> None:
     await manager.close(5)
 
 
-async def _closed_loop(endpoint: ModelEndpoint, clients: int, count: int) -> float:
-    requests = _requests(endpoint.name, count)
+async def _closed_loop(submit: Submit, model: str, clients: int, count: int) -> float:
+    requests = _requests(model, count)
     chunks = [requests[i::clients] for i in range(clients)]
 
     async def client(chunk: list[InferenceRequest]) -> None:
         for request in chunk:
-            await endpoint.submit(request)[1]
+            await submit(request)
 
     gc.collect()
     start = time.perf_counter()
@@ -200,22 +211,24 @@ async def in_process(repo: Path, count: int, repeat: int) -> None:
         for rep in range(repeat):
             order = list(endpoints.items()) if rep % 2 == 0 else list(reversed(endpoints.items()))
             for name, endpoint in order:
-                results[name].append(await _closed_loop(endpoint, clients, n))
+                results[name].append(
+                    await _closed_loop(_submitter(manager, endpoint), endpoint.name, clients, n)
+                )
         _table([f"{clients} client(s)", "us/request"], [[name, results[name]] for name in endpoints])
     await controller.close()
     await manager.close(5)
 
 
-async def _open_loop(endpoint: ModelEndpoint, rate: float, seconds: float) -> list[float]:
+async def _open_loop(submit: Submit, model: str, rate: float, seconds: float) -> list[float]:
     """Latencies (seconds) of requests sent at a steady ``rate``, whatever the answers' pace."""
     latencies: list[float] = []
     x = np.ones((1, 8), dtype=np.float32)
     tasks: list[asyncio.Task[None]] = []
 
     async def one(index: int) -> None:
-        request = InferenceRequest(endpoint.name, {"x": x}, routing_key=f"user-{index}")
+        request = InferenceRequest(model, {"x": x}, routing_key=f"user-{index}")
         start = time.perf_counter()
-        await endpoint.submit(request)[1]
+        await submit(request)
         latencies.append(time.perf_counter() - start)
 
     loop = asyncio.get_running_loop()
@@ -230,7 +243,7 @@ async def _open_loop(endpoint: ModelEndpoint, rate: float, seconds: float) -> li
     return latencies
 
 
-async def _capacity(endpoint: ModelEndpoint, clients: int, seconds: float) -> float:
+async def _capacity(submit: Submit, model: str, clients: int, seconds: float) -> float:
     done = 0
     stop = time.perf_counter() + seconds
     x = np.ones((1, 8), dtype=np.float32)
@@ -238,7 +251,7 @@ async def _capacity(endpoint: ModelEndpoint, clients: int, seconds: float) -> fl
     async def client() -> None:
         nonlocal done
         while time.perf_counter() < stop:
-            await endpoint.submit(InferenceRequest(endpoint.name, {"x": x}))[1]
+            await submit(InferenceRequest(model, {"x": x}))
             done += 1
 
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -249,7 +262,7 @@ async def shadow(repo: Path, seconds: float, repeat: int, work_ms: float, client
     manager, controller = await _start(repo, "dynamic", work_ms)
     plain, shadowed = manager.endpoint("plain"), manager.endpoint("shadowed")
     router: Any = shadowed.router
-    capacity = await _capacity(plain, clients, seconds)
+    capacity = await _capacity(_submitter(manager, plain), plain.name, clients, seconds)
     rate = capacity / 2
     modes = {
         "shadow off": (plain, 0.0),
@@ -263,11 +276,11 @@ async def shadow(repo: Path, seconds: float, repeat: int, work_ms: float, client
         order = list(modes.items()) if rep % 2 == 0 else list(reversed(modes.items()))
         for name, (endpoint, sample) in order:
             router.sample = sample
-            latencies = await _open_loop(endpoint, rate, seconds)
+            latencies = await _open_loop(_submitter(manager, endpoint), endpoint.name, rate, seconds)
             await asyncio.sleep(0.3)  # let queued shadow copies finish before the next contender
             p50[name].append(float(np.percentile(latencies, 50)) * 1e3)
             p99[name].append(float(np.percentile(latencies, 99)) * 1e3)
-    mirror = shadowed.delivery.mirror if shadowed.delivery else None
+    mirror = controller.deliveries[shadowed.name].mirror if shadowed.name in controller.deliveries else None
     print(
         f"\n3. shadow: runtime work {work_ms} ms/batch; open-loop load at {rate:.0f} req/s, half of the "
         f"capacity measured with {clients} clients; {seconds} s x {repeat} (median primary latency, ms)"

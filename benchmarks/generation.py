@@ -24,9 +24,19 @@ averaged over steps) against contiguous per-sequence allocation to the model's m
 request's own maximum, on the same schedule; and time to first token at low load (one request of 128
 prompt tokens at a time).
 
+With ``--versus-transformers`` it compares instead ladle over HTTP (``ladle serve`` in its own
+process, every request sent at once to ``/api/v1/models/NAME/generate``) with transformers' own
+continuous batching in this process (``continuous_batching_context_manager``: its paged cache and
+``sdpa`` attention, one ``add_request`` per request with that request's ``max_new_tokens``), on one
+seeded workload (48 requests, prompts 16-256 tokens, outputs uniform in 8-256, greedy, end of
+sequence ignored) and two ~15M-parameter random-weight models: a Llama-style one and a GPT-2 one.
+Repetitions alternate the two contenders; it prints each one's tokens/s (median, min-max), the ratio
+and how many sequences came back token-identical. Both get the same number of threads.
+
     python benchmarks/generation.py                 # 64 requests per workload
     python benchmarks/generation.py --quick         # 24 requests, lognormal only, shorter TTFT run
     python benchmarks/generation.py --device cuda --json results.json
+    python benchmarks/generation.py --versus-transformers [--arch gpt2] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -198,6 +208,266 @@ async def _first_tokens(runtime: Any, repeats: int, vocab: int) -> list[float]:
         engine.stop()
 
 
+# -- against transformers' continuous batching -------------------------------------------------------
+
+PEER_REQUESTS = 48
+TARGET_VS_TRANSFORMERS = 1.5
+# Both contenders get a KV cache of this size. transformers otherwise sizes its cache from free memory
+# (90% of the machine's on CPU: ~10 GB resident here, and no faster); its batches hold at most
+# PEER_BATCH_TOKENS tokens (ladle's continuous batcher schedules up to 512 per step by default).
+PEER_KV_BYTES = 512 * 2**20
+PEER_BATCH_TOKENS = 1024
+PEER_MODELS: dict[str, dict[str, Any]] = {
+    "llama": {
+        "vocab_size": 8192,
+        "hidden_size": 384,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "max_position_embeddings": 1024,
+    },
+    "gpt2": {"vocab_size": 8192, "n_embd": 384, "n_layer": 6, "n_head": 6, "n_positions": 1024},
+}
+
+
+@dataclass
+class PeerRun:
+    arch: str
+    contender: str
+    repetition: int
+    seconds: float
+    cpu_seconds: float  # of the process that computes: ladle's server, or this one for transformers
+    generated: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated / self.seconds
+
+    @property
+    def tokens_per_cpu_second(self) -> float:
+        return self.generated / self.cpu_seconds
+
+
+def write_peer_repository(root: Path, arch: str, threads: int) -> tuple[Path, int]:
+    """``root/ARCH/1`` (a checkpoint) and ``root/ARCH/model.toml``; returns the checkpoint and its
+    tokenizer's vocabulary size (prompt ids stay below it, so every token decodes)."""
+    from tokenizers import Tokenizer
+
+    from ladle.testing.lm import gpt2_config, llama_config, write_checkpoint
+
+    config = llama_config(**PEER_MODELS[arch]) if arch == "llama" else gpt2_config(**PEER_MODELS[arch])
+    directory = write_checkpoint(root / arch / "1", config, seed=0)
+    (root / arch / "model.toml").write_text(
+        'runtime = "causal-lm"\nbatcher = "continuous"\n'
+        f"threads = {threads}\ntimeout = 900.0\n"
+        f'[options]\ndtype = "float32"\nkv_cache_bytes = {PEER_KV_BYTES}\n'
+    )
+    return directory, Tokenizer.from_file(str(directory / "tokenizer.json")).get_vocab_size()
+
+
+def ladle_server(repository: Path, env: dict[str, str] | None = None) -> Any:
+    """``ladle serve REPOSITORY`` on a free port in its own process (a context manager)."""
+    from _harness import Contender, Launch, running
+
+    def launch(port: int) -> Launch:
+        script = Path(sys.executable).parent / "ladle"
+        argv = [str(script)] if script.is_file() else [sys.executable, "-m", "ladle.cli"]
+        return Launch([*argv, "serve", str(repository), "--port", str(port)], env=env or {})
+
+    contender = Contender("ladle", launch, path="", startup_timeout=300.0)
+    return running(contender, Path(tempfile.gettempdir()) / f"ladle-generation-{os.getpid()}.log")
+
+
+async def _over_http(url: str, model: str, jobs: Sequence[Job]) -> tuple[float, list[list[int]]]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=len(jobs), max_keepalive_connections=len(jobs))
+    async with httpx.AsyncClient(base_url=url, timeout=900.0, limits=limits) as client:
+        start = time.perf_counter()
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    f"/api/v1/models/{model}/generate",
+                    json={
+                        "prompt": j.prompt,
+                        "max_tokens": j.max_tokens,
+                        "temperature": 0.0,
+                        "ignore_eos": True,
+                    },
+                )
+                for j in jobs
+            )
+        )
+        seconds = time.perf_counter() - start
+    for response in responses:
+        if response.status_code != 200:
+            raise RuntimeError(f"ladle answered {response.status_code}: {response.text[:300]}")
+    return seconds, [response.json()["token_ids"] for response in responses]
+
+
+def ladle_over_http(url: str, model: str, jobs: Sequence[Job]) -> tuple[float, list[list[int]]]:
+    """Every request sent at once; seconds until the last answer, and each answer's tokens."""
+    return asyncio.run(_over_http(url, model, jobs))
+
+
+class TransformersContinuous:
+    """transformers' continuous batching (paged cache, ``sdpa``), greedy, end of sequence ignored."""
+
+    def __init__(self, directory: Path, jobs: Sequence[Job]) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, ContinuousBatchingConfig, GenerationConfig
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(directory), dtype=torch.float32, attn_implementation="sdpa"
+        ).eval()
+        self.config = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=2, max_new_tokens=256)
+        text = self.model.config.get_text_config()
+        kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        token_bytes = 2 * text.num_hidden_layers * kv_heads * head_dim * 4
+        batching = ContinuousBatchingConfig()
+        batching.num_blocks = PEER_KV_BYTES // (batching.page_size * token_bytes)
+        batching.max_batch_tokens = PEER_BATCH_TOKENS
+        self.batching = batching
+        try:
+            from transformers.generation.continuous_batching.utils import WorkloadHints
+        except ImportError:  # hints only help it size its batches; older versions take none
+            self.hints = None
+        else:  # the hints generate_batch() would give for this workload
+            self.hints = WorkloadHints(
+                max_prompt_length=max(len(j.prompt) for j in jobs),
+                max_generated_length=max(j.max_tokens for j in jobs),
+                num_requests=len(jobs),
+            )
+
+    def run(self, jobs: Sequence[Job]) -> tuple[float, list[list[int]]]:
+        """Seconds from the first request added to the last one finished, and each request's tokens."""
+        context = self.model.continuous_batching_context_manager(
+            generation_config=self.config,
+            continuous_batching_config=self.batching,
+            workload_hints=self.hints,
+            persistent_manager=True,
+            timeout=30,
+        )
+        with context as manager:
+            start = time.perf_counter()
+            for index, job in enumerate(jobs):
+                manager.add_request(job.prompt, f"r{index}", max_new_tokens=job.max_tokens, eos_token_id=-1)
+            done: dict[str, list[int]] = {}
+            while len(done) < len(jobs):
+                result = manager.get_result(timeout=60)
+                if result is None and not manager.is_running():
+                    raise RuntimeError("transformers' generation thread stopped")
+                if result is not None and result.is_finished():
+                    done[result.request_id] = list(result.generated_tokens)
+            seconds = time.perf_counter() - start
+        return seconds, [done[f"r{index}"] for index in range(len(jobs))]
+
+    def close(self) -> None:
+        self.model.destroy_cached_continuous_batching_manager()
+
+
+def versus_transformers(options: argparse.Namespace) -> int:
+    import torch
+    import transformers
+
+    torch.set_num_threads(options.threads)
+    count = options.requests or PEER_REQUESTS
+    print(
+        f"ladle over HTTP against transformers {transformers.__version__} continuous batching in-process; "
+        f"{count} requests, prompts {PROMPT_RANGE[0]}-{PROMPT_RANGE[1]}, outputs {UNIFORM[0]}-{UNIFORM[1]}, "
+        f"greedy, EOS ignored; {options.threads} threads each; torch {torch.__version__}, "
+        f"python {platform.python_version()}"
+    )
+    runs: list[PeerRun] = []
+    identical: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="ladle-generation-peers-") as scratch:
+        repository = Path(scratch) / "models"
+        for arch in options.arch.split(","):
+            directory, vocab = write_peer_repository(repository, arch, options.threads)
+            jobs = workload("uniform", count, options.seed, vocab)
+            generated = sum(j.max_tokens for j in jobs)
+            peer = TransformersContinuous(directory, jobs)
+            with ladle_server(repository) as server:
+                warmup = jobs[:8]
+                ladle_over_http(server.base_url, arch, warmup)
+                peer.run(warmup)
+                outputs: dict[str, list[list[int]]] = {}
+                for repetition in range(options.repeats):
+                    order = ["ladle", "transformers"][:: 1 if repetition % 2 == 0 else -1]
+                    for name in order:
+                        if name == "ladle":
+                            cpu = server.cpu_seconds()
+                            seconds, tokens = ladle_over_http(server.base_url, arch, jobs)
+                            cpu = server.cpu_seconds() - cpu
+                        else:
+                            cpu = time.process_time()
+                            seconds, tokens = peer.run(jobs)
+                            cpu = time.process_time() - cpu
+                        if any(len(t) != j.max_tokens for t, j in zip(tokens, jobs, strict=True)):
+                            raise RuntimeError(f"{name} did not generate the requested number of tokens")
+                        run = PeerRun(arch, name, repetition, seconds, cpu, generated)
+                        runs.append(run)
+                        outputs[name] = tokens
+                        print(
+                            f"  {arch:6} {name:13} {seconds:7.2f} s {run.tokens_per_second:8.1f} tok/s "
+                            f"{run.tokens_per_cpu_second:8.1f} tok/CPU-s",
+                            flush=True,
+                        )
+            peer.close()
+            pairs = zip(outputs["ladle"], outputs["transformers"], strict=True)
+            identical[arch] = sum(ours == theirs for ours, theirs in pairs)
+    report_versus(runs, identical, count)
+    if options.json is not None:
+        rows = [
+            {
+                **asdict(r),
+                "tokens_per_second": r.tokens_per_second,
+                "tokens_per_cpu_second": r.tokens_per_cpu_second,
+            }
+            for r in runs
+        ]
+        options.json.write_text(json.dumps({"runs": rows, "identical": identical}, indent=2))
+    return 0
+
+
+def report_versus(runs: Sequence[PeerRun], identical: dict[str, int], count: int) -> None:
+    """Medians per contender, and ladle's ratio to transformers in wall-clock and in CPU time (the
+    steadier figure when other work shares the machine)."""
+    print()
+    labels = {"ladle": "ladle over HTTP", "transformers": "transformers continuous"}
+    for arch in dict.fromkeys(r.arch for r in runs):
+        mine = {name: [r for r in runs if r.arch == arch and r.contender == name] for name in labels}
+        print(f"{arch}: {count} requests, {mine['ladle'][0].generated} tokens generated")
+        print(f"  {'':24} {'tok/s':>8} {'min':>8} {'max':>8} {'tok/CPU-s':>10}")
+        for name, label in labels.items():
+            rates = [r.tokens_per_second for r in mine[name]]
+            median = statistics.median(rates)
+            cpu = statistics.median(r.tokens_per_cpu_second for r in mine[name])
+            print(f"  {label:24} {median:8.1f} {min(rates):8.1f} {max(rates):8.1f} {cpu:10.1f}")
+        paired = [
+            a.tokens_per_second / b.tokens_per_second
+            for a, b in zip(mine["ladle"], mine["transformers"], strict=True)
+        ]
+        ratio = statistics.median(paired)
+        cpu_ratio = statistics.median(
+            a.tokens_per_cpu_second / b.tokens_per_cpu_second
+            for a, b in zip(mine["ladle"], mine["transformers"], strict=True)
+        )
+        met = "met" if ratio >= TARGET_VS_TRANSFORMERS else "NOT met"
+        print(
+            f"  ladle / transformers: {ratio:.2f}x tokens/s (median of repetitions, "
+            f"{min(paired):.2f}-{max(paired):.2f}x; goal >= {TARGET_VS_TRANSFORMERS}x: {met}), "
+            f"{cpu_ratio:.2f}x tokens per CPU-second"
+        )
+        print(f"  token-identical sequences: {identical[arch]}/{count}")
+        print()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="24 requests, lognormal workload only")
@@ -209,7 +479,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-alone", action="store_true", help="skip the one-at-a-time runs")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--versus-transformers",
+        action="store_true",
+        help="ladle over HTTP against transformers' continuous batching instead (48 requests by default)",
+    )
+    parser.add_argument(
+        "--arch", default="llama,gpt2", help="with --versus-transformers: llama, gpt2 or both"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="with --versus-transformers: repetitions")
     options = parser.parse_args(argv)
+    if options.versus_transformers:
+        return versus_transformers(options)
     count = options.requests or (24 if options.quick else 64)
     workloads = ["lognormal"] if options.quick else ["lognormal", "uniform"]
 

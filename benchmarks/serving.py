@@ -10,12 +10,18 @@ time, interleaved round robin within each repetition; medians and ratios are pri
     python benchmarks/serving.py --json results.json
 
 A ``--variant NAME=ladle.toml`` adds ladle with another configuration; ratios are then printed
-against plain ``ladle`` too, which is how telemetry or router settings are compared.
+against plain ``ladle`` too, which is how telemetry or router settings are compared. A
+``--baseline DIR`` adds another ladle (``pip install --no-deps --target DIR`` of an older commit)
+as the contender ``baseline``, so two releases are compared in one interleaved run:
+
+    git worktree add /tmp/old COMMIT && pip install --no-deps --target /tmp/old-ladle /tmp/old
+    python benchmarks/serving.py --contenders ladle --baseline /tmp/old-ladle
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
 import math
@@ -36,7 +42,7 @@ from rich.markup import escape
 from rich.table import Table
 
 BUILTIN = ("ladle", "handwritten", "constant", "mlserver")
-REFERENCES = ("handwritten", "constant", "mlserver")
+REFERENCES = ("baseline", "handwritten", "constant", "mlserver")
 
 # Goals printed beside the results (never asserted): at 64 connections ladle reaches 60% of the
 # constant route's throughput with p99 under 20 ms; at 1 connection its p50 is within 1.2x of the
@@ -81,6 +87,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 repetition of 3 s (1 s warm-up)")
     parser.add_argument(
         "--contenders", default=",".join(BUILTIN), help=f"comma-separated subset of {', '.join(BUILTIN)}"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a folder holding another ladle (pip install --target); served as the contender 'baseline'",
     )
     parser.add_argument(
         "--variant",
@@ -207,6 +218,11 @@ def build_contenders(
                     parallel_workers=args.mlserver_workers,
                 )
             )
+    if args.baseline is not None:
+        baseline = _contenders.ladle(
+            "baseline", repository, model, f"ladle from {args.baseline}, zero-config", args.baseline
+        )
+        contenders.append(dataclasses.replace(baseline, role="reference"))
     for name, config in args.variant.items():
         contenders.append(_contenders.ladle_variant(name, config, repository, workdir, model))
     return contenders, unavailable

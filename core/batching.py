@@ -1,9 +1,16 @@
 """The batcher contract and the replica set it feeds.
 
-A batcher sits in front of one version's replica set: ``submit`` queues a request and returns a
-future that resolves to that request's outputs (or its error); the batcher decides when and how
-requests share a batch and which instance runs it. ``submit`` refuses at once (raising) when the
-request can never be served: too many rows (413) or a full queue (503).
+A batcher sits in front of one version's replica set. It offers two calls, and the admission
+pipeline picks by the request's payload:
+
+- ``submit(request)`` for tensors: queues the request and returns a future that resolves to its
+  outputs (or its error); the batcher decides when and how requests share a batch and which
+  instance runs it;
+- ``stream(request)`` for a generation payload (``request.generation``): returns a
+  ``GenerationStream`` of chunks. Only batchers that declare ``streams = True`` take one.
+
+Both refuse at once (raising) when the request can never be served: too many rows (413), a full
+queue (503).
 
 Every future resolves by its request's deadline, with ``DeadlineExceededError`` (504) if the answer
 is not there by then. A batcher that keeps that promise itself, queued and running, says so with
@@ -15,11 +22,14 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .envelope import Arrays, InferenceRequest
-from .errors import DeadlineExceededError
+from .errors import DeadlineExceededError, InvalidRequestError
 from .instance import Instance
+
+if TYPE_CHECKING:
+    from .generation import GenerationStream
 
 __all__ = ["BatchObserver", "Batcher", "NullObserver", "ReplicaSet", "enforce_deadline", "expire"]
 
@@ -84,20 +94,6 @@ class ReplicaSet:
     def any_ready(self) -> bool:
         return any(i.ready for i in self.instances)
 
-    def least_loaded(self, limit: int = 1) -> Instance | None:
-        """A ready instance with fewer than ``limit`` batches in flight, the least busy first."""
-        best: Instance | None = None
-        for instance in self.instances:
-            if (
-                instance.ready
-                and instance.in_flight < limit
-                and (best is None or instance.in_flight < best.in_flight)
-            ):
-                best = instance
-                if not instance.in_flight:
-                    break
-        return best
-
     @property
     def max_batch_rows(self) -> int | None:
         """The smallest cap any ready instance's runtime declares (``None``: no cap)."""
@@ -114,6 +110,8 @@ class Batcher(ABC):
 
     #: True when the batcher itself fails each future at its request's deadline, queued or running.
     enforces_deadlines: ClassVar[bool] = False
+    #: True when the batcher generates: ``stream`` takes requests with a generation payload.
+    streams: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -131,6 +129,17 @@ class Batcher(ABC):
 
         Raises ``PayloadTooLargeError`` or ``ServerBusyError`` at once instead of queueing.
         """
+
+    def stream(self, request: InferenceRequest) -> GenerationStream:
+        """Queue a generation request (``request.generation``); returns its stream of chunks.
+
+        Raises ``InvalidRequestError`` (400) at once for parameters or a prompt the model cannot take,
+        ``ServerBusyError`` (503) when full. Only batchers declaring ``streams`` implement it.
+        """
+        raise InvalidRequestError(
+            f"model {self.replicas.model!r} does not generate text: its batcher takes tensors",
+            model=self.replicas.model,
+        )
 
     async def start(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Start background tasks (called on the event loop before the first ``submit``)."""

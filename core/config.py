@@ -7,8 +7,9 @@ Precedence, lowest first (a later source overrides an earlier one, key by key):
 3. ``REPO/<model>/model.toml``;
 4. ``[models.<model>]`` in ``ladle.toml``.
 
-Tables (``batcher``, ``router``, ``placement``, ``options``, ``signature``) merge key by key; every
-other key is replaced. Unknown keys are errors, reported with the file, the key and what was expected.
+Tables (``batcher``, ``router``, ``placement``, ``options``, ``signature``, ``resources``) merge key
+by key; every other key is replaced. Unknown keys are errors, reported with the file, the key and what
+was expected.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .gpus import memory_bytes
+from .options import validation_error
 
 __all__ = [
     "MODEL_CONFIG_FILE",
     "SERVER_CONFIG_FILE",
     "ModelConfig",
     "PluginChoice",
+    "Resources",
     "ServerConfig",
     "VersionPolicy",
     "load_server_config",
@@ -77,6 +81,21 @@ class VersionPolicy(_Strict):
         return versions[-(self.latest or 1) :]
 
 
+class Resources(_Strict):
+    """What one instance needs from its GPU: ``gpu_memory`` (``"20GiB"``, ``"500MB"`` or bytes; a
+    measured figure replaces it once the instance ran), ``gpu_share`` (the fraction of the GPU's SMs
+    it should get, 0 < x <= 1) and ``gpus`` (GPUs per instance)."""
+
+    gpu_memory: int | None = None
+    gpu_share: float | None = Field(default=None, gt=0, le=1)
+    gpus: int = Field(default=1, ge=1, strict=True)
+
+    @field_validator("gpu_memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> Any:
+        return None if value is None else memory_bytes(value)
+
+
 class ModelConfig(_Strict):
     """Settings of one model; every field is optional so sources can be layered."""
 
@@ -90,6 +109,10 @@ class ModelConfig(_Strict):
     version_policy: VersionPolicy = VersionPolicy()
     batcher: PluginChoice = PluginChoice(name=DEFAULT_BATCHER)
     router: PluginChoice = PluginChoice(name="single")
+    split_router: str = Field(
+        default="canary",
+        description="the router a traffic split switches to when the model's router cannot split weights",
+    )
     placement: PluginChoice = PluginChoice(name="fixed")
     signature: dict[str, Any] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
@@ -100,6 +123,7 @@ class ModelConfig(_Strict):
     resilience: dict[str, Any] = Field(
         default_factory=dict, description="circuit breaker, fallback and response cache (ladle.deployments)"
     )
+    resources: Resources = Resources()
 
     @field_validator("version_policy", mode="before")
     @classmethod
@@ -156,19 +180,6 @@ class ServerConfig(_Strict):
         return dict(self.plugins.options.get(name, {}))
 
 
-def validation_error(source: str, error: ValidationError, prefix: str = "") -> ConfigError:
-    """A ``ConfigError`` naming the file, each bad key and what was expected."""
-    problems = []
-    for item in error.errors():
-        key = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
-        expected = item["msg"]
-        if item["type"] == "extra_forbidden":
-            expected = "unknown key"
-        problems.append({"key": key, "expected": expected, "got": repr(item.get("input"))[:80]})
-    text = "; ".join(f"{p['key']}: {p['expected']} (got {p['got']})" for p in problems)
-    return ConfigError(f"{source}: {text}", file=source, problems=problems)
-
-
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
@@ -204,6 +215,7 @@ _TABLES = (
     "options",
     "signature",
     "version_policy",
+    "resources",
 )
 
 

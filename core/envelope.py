@@ -13,15 +13,19 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .generation import GenerationPayload
 
 __all__ = [
     "Arrays",
     "Batch",
     "BatchItem",
     "CancelSignal",
+    "Cancellable",
     "InferenceRequest",
     "Priority",
     "TraceContext",
@@ -91,41 +95,85 @@ class TraceContext:
         return f"00-{self.trace_id}-{self.parent_span_id}-{'01' if self.sampled else '00'}"
 
 
-class CancelSignal:
-    """Set when the client goes away or the deadline passes; work not yet started is skipped."""
+class Cancellable(Protocol):
+    """Work in flight that can be called off: a future, a generation stream."""
 
-    __slots__ = ("_cancelled", "reason")
+    def cancel(self) -> object: ...
+
+
+class CancelSignal:
+    """Set when the client goes away or the deadline passes; work not yet started is skipped.
+
+    ``cancel`` only marks the request (a deadline passed: the batcher answers it). ``abandon`` is for
+    a client that will never read the answer: it marks the request and calls off ``work``, what the
+    admission pipeline queued for it (its future, or its generation stream, which aborts). ``finish``
+    says the answer went out: nothing is abandoned after that.
+    """
+
+    __slots__ = ("_abandoned", "_cancelled", "finished", "reason", "work")
 
     def __init__(self) -> None:
         self._cancelled = False
+        self._abandoned = False
+        self.finished = False
         self.reason = ""
+        #: The request's work in flight (set by the admission pipeline when it queues the request).
+        self.work: Cancellable | None = None
 
     def cancel(self, reason: str = "cancelled") -> None:
-        self._cancelled = True
-        self.reason = reason
+        if not self._cancelled:
+            self._cancelled = True
+            self.reason = reason
+
+    def abandon(self, reason: str = "client disconnected") -> None:
+        """The client went away: mark the request and call off its work in flight."""
+        if self.finished or self._abandoned:
+            return
+        self.cancel(reason)
+        self._abandoned = True
+        work, self.work = self.work, None
+        if work is not None:
+            work.cancel()
+
+    def finish(self) -> None:
+        """The answer went out (or failed): later disconnects change nothing."""
+        self.finished = True
+        self.work = None
 
     @property
     def cancelled(self) -> bool:
         return self._cancelled
 
+    @property
+    def abandoned(self) -> bool:
+        """Whether the client went away (not merely a deadline passing)."""
+        return self._abandoned
+
 
 class InferenceRequest:
-    """One request on the data path.
+    """One request on the data path, whatever protocol it came by.
 
-    ``deadline`` is absolute, in ``time.monotonic()`` seconds (system-wide on Linux, so it means the
-    same in a worker process); ``rows`` is the size of the first dimension shared by all inputs.
+    The payload is either named tensors (``inputs``) or, for a generative model, a generation
+    request (``generation``: a prompt or chat messages and sampling parameters; ``inputs`` is then
+    empty and ``rows`` is 1). ``deadline`` is absolute, in ``time.monotonic()`` seconds
+    (system-wide on Linux, so it means the same in a worker process); ``rows`` is the size of the
+    first dimension shared by all inputs. ``protocol`` names the ingress it came by (``"v2"``,
+    ``"ladle"``, ``"openai"``, ``"grpc"``, ``"job"``), for metrics only.
     """
 
     __slots__ = (
+        "arm",
         "arrival",
         "cancel",
         "deadline",
+        "generation",
         "id",
         "inputs",
         "model",
         "outputs",
         "parameters",
         "priority",
+        "protocol",
         "routing_key",
         "rows",
         "trace",
@@ -146,6 +194,9 @@ class InferenceRequest:
         trace: TraceContext | None = None,
         outputs: Sequence[str] | None = None,
         rows: int | None = None,
+        generation: GenerationPayload | None = None,
+        protocol: str = "",
+        cancel: CancelSignal | None = None,
     ) -> None:
         self.id = id or new_request_id()
         self.model = model
@@ -157,11 +208,39 @@ class InferenceRequest:
         self.routing_key = routing_key
         self.trace = trace
         self.outputs = outputs
-        self.cancel = CancelSignal()
+        self.generation = generation
+        self.protocol = protocol
+        self.cancel = cancel if cancel is not None else CancelSignal()
         self.arrival = time.monotonic()
+        #: The experiment arm serving the request, when its model's router names arms.
+        self.arm: str | None = None
         if rows is None:
-            rows = next(iter(inputs.values())).shape[0] if inputs else 0
+            rows = next(iter(inputs.values())).shape[0] if inputs else (1 if generation is not None else 0)
         self.rows = rows
+
+    def derive(self, model: str, version: str | None, **changes: Any) -> InferenceRequest:
+        """A copy bound for another target that shares this request's identity, arrival and cancel
+        signal (a fallback, a cascade's escalation); ``changes`` override other fields."""
+        copy = InferenceRequest(
+            model,
+            changes.pop("inputs", self.inputs),
+            version=version,
+            id=changes.pop("id", self.id),
+            parameters=changes.pop("parameters", self.parameters),
+            deadline=changes.pop("deadline", self.deadline),
+            priority=changes.pop("priority", self.priority),
+            routing_key=changes.pop("routing_key", self.routing_key),
+            trace=changes.pop("trace", self.trace),
+            outputs=changes.pop("outputs", self.outputs),
+            rows=self.rows,
+            generation=changes.pop("generation", self.generation),
+            protocol=self.protocol,
+            cancel=changes.pop("cancel", self.cancel),
+        )
+        if changes:
+            raise TypeError(f"unknown request fields {sorted(changes)}")
+        copy.arrival = self.arrival
+        return copy
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline

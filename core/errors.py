@@ -53,6 +53,8 @@ class LadleError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    #: Seconds after which a retry may succeed (sent as ``Retry-After``); ``None``: do not say.
+    retry_after: float | None = None
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)

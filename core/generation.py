@@ -1,4 +1,5 @@
-"""Generative serving contracts: sampling parameters, stream chunks, the step-able runtime, the engine API.
+"""Generative serving contracts: the generation payload, sampling parameters, stream chunks, the
+step-able runtime.
 
 Three parties meet here without importing each other:
 
@@ -6,13 +7,13 @@ Three parties meet here without importing each other:
   a set of sequences whose K/V live in a cache it owns, laid out in blocks (see ``ladle.kvcache``);
 * a **continuous batcher** decides, at every step, which sequences run and how many tokens each
   feeds (chunked prefill and decode share one token budget), and owns the block tables;
-* the **HTTP layer** talks to whatever implements ``TextGenerator``: ``generate`` returns a
-  ``GenerationStream`` of ``GenerationChunk`` objects; ``tokenizer`` encodes prompts, renders chat
-  templates and counts tokens.
+* the **admission pipeline** hands it requests whose payload is a ``GenerationPayload`` (through
+  ``Batcher.stream``) and gets back a ``GenerationStream`` of ``GenerationChunk`` objects.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -20,7 +21,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
-from .envelope import Arrays, Batch, Priority
+import orjson
+
+from .envelope import Arrays, Batch
 from .errors import InvalidInputError, InvalidRequestError
 from .runtime import Runtime
 
@@ -30,13 +33,13 @@ __all__ = [
     "ChatMessage",
     "FinishReason",
     "GenerationChunk",
+    "GenerationPayload",
     "GenerationResult",
     "GenerationStream",
     "IncrementalDecoder",
     "SamplingParams",
     "StepItem",
     "StepRuntime",
-    "TextGenerator",
     "TextTokenizer",
     "Usage",
 ]
@@ -175,6 +178,41 @@ class SamplingParams:
 
 
 @dataclass(frozen=True, slots=True)
+class GenerationPayload:
+    """What a generation request asks for: a prompt (text or token ids) or chat messages, and how to
+    sample. Chat messages are rendered by the serving version's own chat template, after routing,
+    so a canary with another template renders them its own way."""
+
+    prompt: str | tuple[int, ...] | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    sampling: SamplingParams = SamplingParams()
+    add_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidRequestError("a generation request needs a prompt or messages (not both)")
+        if isinstance(self.prompt, list):
+            object.__setattr__(self, "prompt", tuple(self.prompt))
+        if isinstance(self.messages, list):
+            object.__setattr__(self, "messages", tuple(self.messages))
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the same payload always generates the same tokens (greedy, or seeded)."""
+        return self.sampling.greedy or self.sampling.seed is not None
+
+    def fingerprint(self) -> bytes:
+        """A digest of everything that decides the generated tokens."""
+        data = {
+            "prompt": self.prompt,
+            "messages": self.messages,
+            "sampling": self.sampling.to_dict(),
+            "special": self.add_special_tokens,
+        }
+        return hashlib.blake2b(orjson.dumps(data, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts of one request (OpenAI's ``usage`` object)."""
 
@@ -294,31 +332,6 @@ class TextTokenizer(Protocol):
         ...
 
 
-@runtime_checkable
-class TextGenerator(Protocol):
-    """The engine API the HTTP layer uses (the continuous batcher implements it)."""
-
-    @property
-    def tokenizer(self) -> TextTokenizer: ...
-
-    @property
-    def max_model_len(self) -> int: ...
-
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        params: SamplingParams | None = None,
-        *,
-        priority: Priority = Priority.NORMAL,
-        request_id: str | None = None,
-        deadline: float | None = None,
-        add_special_tokens: bool = True,
-    ) -> GenerationStream:
-        """Validate, tokenize and queue a request; raises ``InvalidRequestError`` (400) at once for a bad
-        parameter or a prompt that does not fit the context, and ``ServerBusyError`` (503) when full."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class CacheSpec:
     """The cache a step-able runtime allocated, as the batcher must manage it.
@@ -366,14 +379,14 @@ class StepItem:
 class StepRuntime(Runtime):
     """Base class of runtimes driven step by step by a continuous batcher.
 
+    Its plugin registers it with ``capabilities={"steps": True, "preferred_batcher": "continuous"}``.
+
     After ``load`` the runtime has allocated its cache (``cache_spec`` says how). Per request the batcher
     calls ``add_sequence`` once, ``step`` at every step the sequence takes part in, and
     ``release_sequence`` once when it finishes or is aborted (the abort of the contract: per-sequence
     state goes, its blocks already went back to the batcher's pool). ``step`` may return more than one
     token for an item (speculative decoding); the batcher accepts them in order.
     """
-
-    preferred_batcher: ClassVar[str | None] = "continuous"
 
     name: ClassVar[str] = "step-runtime"
 

@@ -7,11 +7,13 @@ silently and lets one failing import break every other plugin.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata as metadata
 import importlib.util
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -19,7 +21,13 @@ from typing import Any, Literal
 import pluggy
 
 from . import hookspecs
-from .errors import DuplicatePluginError, MissingDependencyError, PluginError, PluginNotFoundError
+from .errors import (
+    ConfigError,
+    DuplicatePluginError,
+    MissingDependencyError,
+    PluginError,
+    PluginNotFoundError,
+)
 
 __all__ = [
     "API_VERSION",
@@ -29,8 +37,11 @@ __all__ = [
     "PluginRecord",
     "Register",
     "Registration",
+    "RuntimeCapabilities",
 ]
 
+#: Environment variable: comma-separated distributions whose entry points load (all when unset).
+DISTRIBUTIONS_VARIABLE = "LADLE_PLUGIN_DISTRIBUTIONS"
 #: The plugin API this ladle speaks; a registration asking for a newer one is refused.
 API_VERSION = 1
 
@@ -43,6 +54,35 @@ FAMILIES: dict[Family, str] = {
     "placement": "register_placements",
 }
 Detector = Callable[[Path], bool]
+
+
+@dataclass(frozen=True)
+class RuntimeCapabilities:
+    """What a runtime declares at registration, so the front process knows it without importing the
+    runtime (and its framework): ``preferred_batcher`` serves the model when its config keeps the
+    default batcher; ``pads``: requests of different non-batch shapes may share a zero-padded batch;
+    ``max_batch_rows`` caps every batch (an instance may lower it after load); ``steps``: the runtime
+    is driven step by step (a ``ladle.StepRuntime``) by a batcher that runs beside it, in-process."""
+
+    preferred_batcher: str | None = None
+    pads: bool = False
+    max_batch_rows: int | None = None
+    steps: bool = False
+
+    @classmethod
+    def parse(cls, plugin: str, name: str, values: Mapping[str, Any]) -> RuntimeCapabilities:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PluginError(
+                f"plugin {plugin!r} declared unknown capabilities {unknown} for runtime {name!r}; "
+                f"known: {sorted(known)}",
+                plugin=plugin,
+            )
+        rows = values.get("max_batch_rows")
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+            raise PluginError(f"runtime {name!r}: max_batch_rows must be an integer >= 1", plugin=plugin)
+        return cls(**dict(values))
 
 
 @dataclass(frozen=True)
@@ -59,6 +99,8 @@ class Registration:
     detect: Detector | None = None
     description: str = ""
     distribution: str = ""
+    #: Declared capabilities (runtimes only; other families declare theirs on their classes).
+    capabilities: RuntimeCapabilities = RuntimeCapabilities()
 
     def missing(self) -> list[str]:
         """Required modules that cannot be found (checked without importing them)."""
@@ -68,9 +110,8 @@ class Registration:
         """The factory, imported on first use; raises ``MissingDependencyError`` naming the extra."""
         missing = self.missing()
         if missing:
-            hint = self.install_hint(missing)
             raise MissingDependencyError(
-                f"{self.family} {self.name!r} (plugin {self.plugin!r}) needs {', '.join(missing)}: {hint}",
+                self._missing_message(f"needs {', '.join(missing)}", missing),
                 plugin=self.plugin,
                 missing=missing,
                 extra=self.extra,
@@ -82,8 +123,9 @@ class Registration:
                 for part in attribute.split(".") if attribute else ():
                     target = getattr(target, part)
             except ImportError as exc:
+                absent = [exc.name] if isinstance(exc, ModuleNotFoundError) and exc.name else []
                 raise MissingDependencyError(
-                    f"{self.family} {self.name!r} (plugin {self.plugin!r}) failed to import: {exc}",
+                    self._missing_message(f"failed to import: {exc}", absent),
                     plugin=self.plugin,
                     extra=self.extra,
                 ) from exc
@@ -91,10 +133,36 @@ class Registration:
         return self.factory
 
     def install_hint(self, missing: list[str]) -> str:
-        """``pip install 'dist[extra]'`` when the plugin's distribution and extra are known."""
-        if self.extra and self.distribution:
-            return f"pip install '{self.distribution}[{self.extra}]'"
-        return f"pip install {' '.join(missing)}"
+        """What to install: ``pip install 'dist[extra]'`` whenever the registration names an extra (the
+        distribution found from the factory's package when the plugin was added without one), else
+        ``pip install`` of the missing modules; ``""`` when there is nothing to name."""
+        if self.extra:
+            distribution = self.distribution or _distribution_of(self.factory)
+            if distribution:
+                return f"pip install '{distribution}[{self.extra}]'"
+        return f"pip install {' '.join(missing)}" if missing else ""
+
+    def _missing_message(self, problem: str, missing: list[str]) -> str:
+        """``problem`` plus how to fix it; the extra is named even where no distribution is known."""
+        hint = self.install_hint(missing)
+        message = f"{self.family} {self.name!r} (plugin {self.plugin!r}) {problem}" + (
+            f": {hint}" if hint else ""
+        )
+        if self.extra and f"[{self.extra}]" not in hint:
+            message += f" (the {self.extra!r} extra of the package that provides plugin {self.plugin!r})"
+        return message
+
+
+def _distribution_of(factory: Any) -> str:
+    """The installed distribution that ships ``factory``'s top-level package, if exactly one does."""
+    module = factory.partition(":")[0] if isinstance(factory, str) else getattr(factory, "__module__", "")
+    return _distribution_of_package(str(module or "").partition(".")[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _distribution_of_package(package: str) -> str:
+    names = set(metadata.packages_distributions().get(package, ())) if package else set()
+    return names.pop() if len(names) == 1 else ""
 
 
 def _find_spec(name: str) -> Any:
@@ -122,6 +190,7 @@ class Register:
         api_version: int = API_VERSION,
         detect: Detector | None = None,
         description: str = "",
+        capabilities: Mapping[str, Any] | None = None,
     ) -> None:
         if (
             not isinstance(name, str)
@@ -136,6 +205,12 @@ class Register:
                 f"this ladle speaks {API_VERSION}",
                 plugin=self._plugin,
             )
+        if capabilities and self._family != "runtime":
+            raise PluginError(
+                f"plugin {self._plugin!r}: only runtimes declare capabilities at registration "
+                f"({self._family} {name!r} declares its own on its class)",
+                plugin=self._plugin,
+            )
         self._host._add(
             Registration(
                 self._family,
@@ -148,6 +223,7 @@ class Register:
                 detect,
                 description,
                 record.distribution if record is not None else "",
+                RuntimeCapabilities.parse(self._plugin, name, capabilities or {}),
             )
         )
 
@@ -207,10 +283,20 @@ class PluginHost:
     # discovery -------------------------------------------------------------------------------
 
     def discover(self) -> PluginHost:
-        """Load every ``ladle`` entry point that is not disabled, then collect registrations."""
+        """Load every ``ladle`` entry point that is not disabled, then collect registrations.
+
+        With ``LADLE_PLUGIN_DISTRIBUTIONS`` set (comma-separated distribution names), only entry
+        points of those distributions load: a test suite or a locked-down server stays hermetic
+        against whatever else is installed.
+        """
         seen: dict[str, str] = {}
+        allowed = {
+            d.strip().lower() for d in os.environ.get(DISTRIBUTIONS_VARIABLE, "").split(",") if d.strip()
+        }
         for ep in sorted(metadata.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist is not None else ""
+            if allowed and dist.lower() not in allowed:
+                continue
             version = ep.dist.version if ep.dist is not None else ""
             if ep.name in seen and seen[ep.name] != ep.value:
                 raise DuplicatePluginError(
@@ -319,15 +405,27 @@ class PluginHost:
         return self.get(family, name).load()
 
     def detect_runtime(self, directory: Path) -> str | None:
-        """The first runtime (by name) whose ``detect`` recognises the artifact in ``directory``."""
+        """The runtime whose ``detect`` recognises the artifact in ``directory``; ``None`` when none
+        does. When several do, the choice is never silent: ``ConfigError`` names them all (set
+        ``runtime`` in the model's config, or disable one plugin)."""
+        claimed = []
         for registration in sorted(self.registrations("runtime"), key=lambda r: r.name):
             if registration.detect is not None:
                 try:
                     if registration.detect(directory):
-                        return registration.name
+                        claimed.append(registration)
                 except OSError:
                     continue
-        return None
+        if len(claimed) > 1:
+            names = ", ".join(f"{r.name!r} (plugin {r.plugin!r})" for r in claimed)
+            raise ConfigError(
+                f"{directory}: several runtimes recognise these files: {names}; set runtime in the "
+                "model's model.toml, or disable one of the plugins in ladle.toml [plugins] disabled",
+                file=str(directory),
+                key="runtime",
+                runtimes=[r.name for r in claimed],
+            )
+        return claimed[0].name if claimed else None
 
     def describe(self) -> list[dict[str, Any]]:
         """One dict per plugin: name, version, status, hooks, what it registers and what it is missing."""

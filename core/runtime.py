@@ -72,17 +72,14 @@ class Runtime:
     """Base class of runtime plugins.
 
     Subclasses set ``name`` and override ``load`` and ``predict``; they may override ``signature``
-    (when the artifact carries one), ``warmup`` and ``unload``. ``pads`` tells the batcher that
-    requests of different shapes may share a batch; ``max_batch_rows`` caps a batch (``1`` for a
-    program exported with a static batch dimension); ``preferred_batcher`` names the batcher used
-    when the config leaves the default.
+    (when the artifact carries one), ``warmup`` and ``unload``. After ``load`` a runtime may set
+    ``max_batch_rows`` to cap a batch (``1`` for a program exported with a static batch dimension).
+    What a runtime can do whatever its artifact (pad ragged inputs, its preferred batcher, stepping)
+    is declared when its plugin registers it (``ladle.RuntimeCapabilities``), so the front process
+    knows without importing the runtime.
     """
 
     name: ClassVar[str] = "runtime"
-    pads: ClassVar[bool] = False
-    #: The batcher this runtime needs when the model's config does not choose one (e.g. a step-able
-    #: runtime needs ``"continuous"``).
-    preferred_batcher: ClassVar[str | None] = None
 
     def __init__(self, spec: RuntimeSpec) -> None:
         self.spec = spec

@@ -5,11 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .instance import Instance
 from .plugin_host import PluginHost
 from .runtime import RuntimeSpec
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 __all__ = ["Placement", "ScalingPolicy", "VersionMetrics"]
 
@@ -40,16 +43,25 @@ class ScalingPolicy(ABC):
 
 
 class Placement(ABC):
-    """Decides where instances run and creates them there."""
+    """Decides where instances run and creates them there.
+
+    One placement object serves the whole server for every version whose config names it, so it
+    can pack several models onto one device. ``options`` are its server-wide options (the
+    ``[plugins.options.<name>]`` table); each model's own placement options are in
+    ``config.placement.options`` of the config handed to ``create``.
+    """
 
     def __init__(self, options: Mapping[str, Any], host: PluginHost) -> None:
         self.options = dict(options)
         self.host = host
 
     @abstractmethod
-    def create(self, spec: RuntimeSpec, index: int) -> Instance:
+    def create(self, spec: RuntimeSpec, index: int, config: ModelConfig) -> Instance:
         """A new, not yet started instance of ``spec`` (the caller starts and registers it)."""
 
-    def initial_instances(self, configured: int) -> int:
-        """How many instances to start with."""
-        return configured
+    def describe(self) -> dict[str, Any]:
+        """Where instances run now (for status listings and ``GET /api/v1/placement``)."""
+        return {}
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the placement holds (daemons, clusters); called once at shutdown."""

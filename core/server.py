@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from .serving import ModelManager, ObserverFactory, Progress, VersionEndpoint
 from .threads import apply_process_budget
 
 __all__ = ["Server", "load_config"]
+
+logger = logging.getLogger("ladle.server")
 
 
 def load_config(path: Path | None) -> ServerConfig:
@@ -64,6 +67,7 @@ class Server:
         self.manager = ModelManager(config, host, observers, progress)
         if enabled:
             self.manager.version_listeners.append(self._version_changed)
+            self.manager.admission.answered = self.telemetry.answered
         self.plans = self.manager.plan()  # validate all model config before serving anything
         # Framework thread pools are process-wide: size them once, before any runtime imports one.
         apply_process_budget(max((s.threads for p in self.plans for s in p.specs.values()), default=1))
@@ -96,7 +100,10 @@ class Server:
         deployment store in managed mode (see ``ladle.deployments.controller``).
         """
         await self.controller.start(self.plans)
-        self.host.hook.ladle_startup(server=self)
+        try:
+            self.host.hook.ladle_startup(server=self)
+        except Exception:  # a broken plugin must not stop the server it observes
+            logger.exception("a ladle_startup hook failed")
 
     async def stop(self) -> None:
         """Drain and stop every version, then call ``ladle_shutdown``."""
@@ -110,7 +117,10 @@ class Server:
             result = callback()
             if asyncio.iscoroutine(result):
                 await result
-        self.host.hook.ladle_shutdown(server=self)
+        try:
+            self.host.hook.ladle_shutdown(server=self)
+        except Exception:
+            logger.exception("a ladle_shutdown hook failed")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:

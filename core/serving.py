@@ -2,8 +2,8 @@
 
 The ``ModelManager`` is the control path's handle on them: it plans models from the repository and
 config, builds batchers, routers and placements through the plugin host, loads and warms versions,
-swaps routing tables atomically and unloads versions. The data path only calls
-``ModelEndpoint.submit``, which routes and queues without touching a hook.
+swaps routing tables atomically and unloads versions. The data path reaches them only through the
+admission pipeline (``ladle.admission``), which routes, checks and queues without touching a hook.
 """
 
 from __future__ import annotations
@@ -12,24 +12,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .admission import Admission, Pending, Proceed, Stage, WatchedStream, chain
 from .batching import Batcher, BatchObserver, ReplicaSet, enforce_deadline
 from .config import DEFAULT_BATCHER, ModelConfig, ServerConfig
 from .envelope import Arrays, InferenceRequest
-from .errors import ConfigError, LadleError, ModelNotFoundError, ModelNotReadyError
+from .errors import ConfigError, InvalidRequestError, LadleError, ModelNotFoundError
 from .instance import Instance
 from .plugin_host import PluginHost
-from .repository import ModelPlan, ModelRepository, check_name
-from .routing import Router, RoutingTable
+from .repository import ModelPlan, ModelRepository, check_name, version_key
+from .routing import Route, Router, RoutingTable
 from .runtime import InstanceState, RuntimeSpec
 from .scaling import Placement
 from .tensors import Signature
-
-if TYPE_CHECKING:
-    from .deployments.delivery import Delivery
 
 __all__ = ["ModelEndpoint", "ModelManager", "ObserverFactory", "VersionEndpoint", "VersionListener"]
 
@@ -44,7 +42,8 @@ VersionListener = Callable[[str, str, "VersionEndpoint | None"], None]
 
 
 class VersionEndpoint:
-    """One served version: its replica set, batcher and signature."""
+    """One served version: its replica set, batcher and signature, and the checks a request passes
+    before it queues."""
 
     def __init__(
         self,
@@ -61,6 +60,7 @@ class VersionEndpoint:
         self.replicas = replicas
         self.batcher = batcher
         self.placement = placement
+        self.generates = type(batcher).streams
         self.signature: Signature | None = None
         self.loaded_at = 0.0
         #: Optional check of a request's inputs before it queues (raises a 4xx ``LadleError``).
@@ -70,9 +70,45 @@ class VersionEndpoint:
     def ready(self) -> bool:
         return self.replicas.any_ready
 
+    # the data path -----------------------------------------------------------------------------
+
+    def check(self, request: InferenceRequest) -> None:
+        """Refuse (4xx) what this version can never answer, before anything queues."""
+        if request.generation is not None:
+            if not self.generates:
+                raise InvalidRequestError(
+                    f"model {self.model!r} does not generate text (its batcher is "
+                    f"{self.config.batcher.name!r})",
+                    model=self.model,
+                    version=self.version,
+                )
+            return
+        signature = self.signature
+        if signature is not None:
+            signature.check_inputs(request.inputs)
+            if request.outputs:
+                signature.check_outputs(request.outputs)
+        if self.input_checks is not None:
+            self.input_checks(request.inputs)
+
+    def queue(self, request: InferenceRequest) -> Pending:
+        """Hand a checked request to the batcher: ``submit`` for tensors, ``stream`` for a generation.
+        A client that goes away cancels the future or aborts the stream."""
+        batcher = self.batcher
+        if request.generation is not None:
+            stream = WatchedStream(batcher.stream(request))
+            request.cancel.work = stream
+            return Pending(self.model, self.version, stream=stream)
+        future = batcher.submit(request)
+        enforce_deadline(batcher, request, future)
+        request.cancel.work = future
+        return Pending(self.model, self.version, future)
+
+    # lifecycle ---------------------------------------------------------------------------------
+
     async def start(self, instances: int, listener: Callable[[Instance, InstanceState], None] | None) -> None:
         """Create, load and warm ``instances`` instances, then start the batcher."""
-        created = [self.placement.create(self.spec, index) for index in range(instances)]
+        created = [self.placement.create(self.spec, index, self.config) for index in range(instances)]
         for instance in created:
             instance.listener = listener
             self.replicas.add(instance)
@@ -99,33 +135,51 @@ class VersionEndpoint:
 
 
 class ModelEndpoint:
-    """A model and its served versions; routes each request to one version."""
+    """A model and its served versions, its router and the delivery stages its requests pass.
 
-    def __init__(self, name: str, config: ModelConfig, router: Router) -> None:
+    ``table``, ``router`` and ``stages`` are each replaced whole by the control path (one reference
+    assignment), so a request sees either the old value or the new one.
+    """
+
+    def __init__(
+        self, name: str, config: ModelConfig, router: Router, router_name: str | None = None
+    ) -> None:
         self.name = name
         self.config = config
-        self.router = router
         self.versions: dict[str, VersionEndpoint] = {}
         self.table = RoutingTable(name, ())
         self.timeout = config.timeout
-        #: Mirrors, cascades, breakers, fallbacks, cache and rollout samples; ``None`` when unused.
-        self.delivery: Delivery | None = None
+        self.router = router
+        self.router_name = router_name or config.router.name
+        #: version -> experiment arm, when the router names arms (``None`` otherwise).
+        self.arms: Mapping[str, str] | None = None
+        self.stages: tuple[Stage, ...] = ()
+        self.proceed: Proceed = chain(())
+        #: The route of every request while the router is ``static`` (asked once per table).
+        self.fixed_route: Route | None = None
 
     def set_table(self, table: RoutingTable) -> None:
-        """Swap the routing table (one reference assignment: atomic for the data path)."""
+        """Swap the routing table."""
         self.table = table
+        self._derive()
 
-    def version(self, version: str | None, request: InferenceRequest | None = None) -> VersionEndpoint:
-        """The endpoint for an explicit version, or the router's choice when ``version`` is ``None``."""
-        if version is None:
-            table = self.table
-            if not table.versions:
-                raise ModelNotReadyError(f"model {self.name!r} has no ready version", model=self.name)
-            if request is None or (len(table.versions) == 1 and not table.weights):
-                version = table.versions[-1]
-            else:
-                version = self.router.route(request, table).primary.version
-        return self.loaded(version)
+    def set_router(self, router: Router, name: str) -> None:
+        """Swap the router (the data path sees the old router or the new one)."""
+        self.router = router
+        self.router_name = name
+        self._derive()
+
+    def _derive(self) -> None:
+        """What the data path reads instead of asking the router per request."""
+        router, table = self.router, self.table
+        self.fixed_route = router.route(_TABLE_ONLY, table) if router.static and table.versions else None
+        arms = {v: arm for v in self.versions if (arm := router.arm_of(v)) is not None}
+        self.arms = arms or None
+
+    def set_stages(self, stages: tuple[Stage, ...]) -> None:
+        """Swap the delivery stages (outermost first); ``()`` is the plain path."""
+        self.proceed = chain(stages)
+        self.stages = stages
 
     def loaded(self, version: str) -> VersionEndpoint:
         """The endpoint of a loaded version; ``ModelNotFoundError`` naming the loaded ones otherwise."""
@@ -135,38 +189,32 @@ class ModelEndpoint:
                 f"model {self.name!r} has no version {version!r}",
                 model=self.name,
                 version=version,
-                available=sorted(self.versions),
+                available=sorted(self.versions, key=version_key),
             )
         return endpoint
+
+    def latest(self) -> VersionEndpoint | None:
+        """The newest version that takes traffic (what metadata describes by default)."""
+        table = self.table
+        return self.versions.get(table.latest) if table.versions else None
 
     @property
     def ready(self) -> bool:
         return any(v.ready for v in self.versions.values())
 
-    def submit(self, request: InferenceRequest) -> tuple[VersionEndpoint, asyncio.Future[Arrays]]:
-        """Route and queue ``request``; the future resolves to its outputs (or its error) by its deadline."""
-        delivery = self.delivery
-        if delivery is not None:
-            return delivery.submit(self, request)
-        endpoint = self.version(request.version, request)
-        if endpoint.signature is not None:
-            endpoint.signature.check_inputs(request.inputs)
-        if endpoint.input_checks is not None:
-            endpoint.input_checks(request.inputs)
-        request.version = endpoint.version
-        future = endpoint.batcher.submit(request)
-        enforce_deadline(endpoint.batcher, request, future)
-        return endpoint, future
-
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "ready": self.ready,
-            "router": self.config.router.name,
+            "router": self.router_name,
             "traffic": dict(self.table.weights)
             or ({self.table.versions[-1]: 100.0} if self.table.versions else {}),
             "versions": [v.describe() for v in self.versions.values()],
         }
+
+
+#: What a ``static`` router is asked with: its answer may depend on the table only.
+_TABLE_ONLY = InferenceRequest("", {})
 
 
 class ModelManager:
@@ -188,6 +236,9 @@ class ModelManager:
         self.version_listeners: list[VersionListener] = []
         self.loading = True
         self.failures: dict[str, str] = {}
+        self.placements: dict[str, Placement] = {}
+        #: The one admission pipeline of this server's data path.
+        self.admission = Admission(self.endpoint)
 
     # lookups (data path) -----------------------------------------------------------------------
 
@@ -270,23 +321,18 @@ class ModelManager:
             spec = self.repository.spec(model, version, config, self.host)
         if version in endpoint.versions:
             raise ConfigError(f"version {version!r} of model {model!r} is already loaded", model=model)
-        placement_factory = self.host.load("placement", config.placement.name)
-        placement_options = {
-            "executor": config.executor,
-            **config.placement.options,
-        }
-        placement: Placement = placement_factory(placement_options, self.host)
+        placement = self.placement(config.placement.name)
         replicas = ReplicaSet(model, version)
         observer = self._observers(model, version) if self._observers else None
         batcher_name, batcher_options = config.batcher.name, config.batcher.options
-        preferred = getattr(self.host.load("runtime", spec.plugin), "preferred_batcher", None)
+        preferred = self.host.get("runtime", spec.plugin).capabilities.preferred_batcher
         if preferred and batcher_name == DEFAULT_BATCHER and not batcher_options:
             batcher_name = preferred
         batcher_factory = self.host.load("batcher", batcher_name)
         batcher: Batcher = batcher_factory(replicas, batcher_options, observer)
         version_endpoint = VersionEndpoint(spec, config, replicas, batcher, placement)
         try:
-            await version_endpoint.start(placement.initial_instances(config.instances), self._listener)
+            await version_endpoint.start(config.instances, self._listener)
         except BaseException:
             with contextlib.suppress(Exception):
                 await version_endpoint.stop(0)
@@ -299,10 +345,18 @@ class ModelManager:
         self._report(model, version, "serving" if traffic else "loaded, no traffic yet")
         return version_endpoint
 
+    def placement(self, name: str) -> Placement:
+        """The placement named ``name``: one object per server, shared by every version using it
+        (so it can pack several models onto one device); its options come from
+        ``[plugins.options.<name>]``."""
+        placement = self.placements.get(name)
+        if placement is None:
+            factory = self.host.load("placement", name)
+            placement = self.placements[name] = factory(self.config.plugin_options(name), self.host)
+        return placement
+
     def publish(self, model: str, weights: dict[str, float] | None = None) -> None:
         """Swap in a routing table of the ready versions (natural order) with ``weights`` if given."""
-        from .repository import version_key
-
         endpoint = self.models[model]
         versions = tuple(sorted((v for v, e in endpoint.versions.items() if e.ready), key=version_key))
         endpoint.set_table(RoutingTable(model, versions, dict(weights or {})))
@@ -325,6 +379,8 @@ class ModelManager:
         timeout = self.config.server.drain_timeout if drain_timeout is None else drain_timeout
         stops = [v.stop(timeout) for m in self.models.values() for v in m.versions.values()]
         await asyncio.gather(*stops, return_exceptions=True)
+        for placement in self.placements.values():
+            await placement.close()
 
     def describe(self) -> list[dict[str, Any]]:
         return [m.describe() for m in self.models.values()]

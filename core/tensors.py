@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import numpy as np
 
-from .errors import SignatureMismatchError
+from .errors import InvalidRequestError, SignatureMismatchError
 
 __all__ = [
     "DATATYPES",
@@ -128,6 +128,19 @@ class Signature:
             spec.check(array)
         if len(arrays) != len(self.inputs):
             self._wrong_names(arrays)
+
+    def check_outputs(self, names: Sequence[str]) -> None:
+        """Raise ``InvalidRequestError`` (400) if a requested output is not one the model returns."""
+        if not self.outputs:
+            return
+        known = [spec.name for spec in self.outputs]
+        for name in names:
+            if name not in known:
+                raise InvalidRequestError(
+                    f"requested output {name!r} does not exist; the model returns {known}",
+                    output=name,
+                    available=known,
+                )
 
     def _wrong_names(self, arrays: Mapping[str, Any]) -> NoReturn:
         expected = {spec.name for spec in self.inputs}

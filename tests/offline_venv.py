@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sysconfig
 import venv
 from pathlib import Path
+
+from ladle.plugin_host import DISTRIBUTIONS_VARIABLE
+
+
+def open_environment() -> dict[str, str]:
+    """This process's environment with every installed plugin allowed (the suite allows only ladle's)."""
+    env = dict(os.environ)
+    env.pop(DISTRIBUTIONS_VARIABLE, None)
+    return env
 
 
 def make_environment(directory: Path) -> Path:

@@ -14,7 +14,9 @@ from ladle import (
     Batch,
     ConfigError,
     InstanceState,
+    ModelConfig,
     PluginHost,
+    ProcessExecutor,
     Runtime,
     RuntimeSpec,
     ThreadExecutor,
@@ -22,7 +24,6 @@ from ladle import (
     hookimpl,
 )
 from ladle.plugins.scalers.fixed.scaler import FixedPlacement, FixedPolicy
-from ladle.worker import ProcessExecutor
 
 
 class PidRuntime(Runtime):
@@ -67,24 +68,29 @@ def test_the_policy_wants_the_configured_count_whatever_the_load() -> None:
     [
         ({"instances": 0}, "instances"),
         ({"instances": "two"}, "instances"),
-        ({"executor": "gpu"}, "executor"),
         ({"replicas": 2}, "replicas: unknown key"),
     ],
 )
-def test_bad_options_are_refused_naming_the_option(options: dict[str, Any], named: str) -> None:
-    host = make_host()
+def test_bad_policy_options_are_refused_naming_the_option(options: dict[str, Any], named: str) -> None:
     with pytest.raises(ConfigError, match="'fixed'") as caught:
-        FixedPlacement(options, host)
-    assert named in caught.value.message
-    with pytest.raises(ConfigError, match=named.split(":")[0]):
         FixedPolicy(options)
+    assert named in caught.value.message
+
+
+def test_the_placement_takes_no_options_of_its_own_or_of_a_model() -> None:
+    host = make_host()
+    with pytest.raises(ConfigError, match="placement 'fixed' options: slots: unknown key"):
+        FixedPlacement({"slots": 2}, host)
+    config = ModelConfig(placement={"name": "fixed", "gpus": 1})
+    with pytest.raises(ConfigError, match="gpus: unknown key"):
+        FixedPlacement({}, host).create(SPEC, 0, config)
 
 
 def test_the_placement_creates_a_thread_instance_that_is_not_started_and_goes_through_the_lifecycle() -> None:
     async def scenario() -> None:
         host = make_host()
-        placement = FixedPlacement({"executor": "thread", "instances": 2}, host)
-        instance = placement.create(SPEC, 2)
+        placement = FixedPlacement({}, host)
+        instance = placement.create(SPEC, 2, ModelConfig(executor="thread"))
         states: list[tuple[str, InstanceState]] = []
         instance.listener = lambda changed, state: states.append((changed.name, state))
         assert isinstance(instance.executor, ThreadExecutor)
@@ -105,17 +111,16 @@ def test_the_placement_creates_a_thread_instance_that_is_not_started_and_goes_th
     asyncio.run(scenario())
 
 
-def test_the_placement_defaults_to_threads_and_keeps_the_configured_count() -> None:
+def test_the_placement_defaults_to_threads() -> None:
     host = make_host()
     placement = FixedPlacement({}, host)
-    assert isinstance(placement.create(SPEC, 0).executor, ThreadExecutor)
-    assert placement.initial_instances(4) == 4
+    assert isinstance(placement.create(SPEC, 0, ModelConfig()).executor, ThreadExecutor)
 
 
 def test_the_process_executor_runs_the_runtime_in_a_worker_process() -> None:
     async def scenario() -> None:
         host = make_host()
-        instance = FixedPlacement({"executor": "process"}, host).create(SPEC, 0)
+        instance = FixedPlacement({}, host).create(SPEC, 0, ModelConfig(executor="process"))
         assert isinstance(instance.executor, ProcessExecutor)
         try:
             await instance.start()

@@ -14,7 +14,14 @@ import pytest
 
 import ladle
 from ladle import API_VERSION, PluginHost, Runtime, hookimpl
-from ladle.errors import DuplicatePluginError, MissingDependencyError, PluginError, PluginNotFoundError
+from ladle.errors import (
+    ConfigError,
+    DuplicatePluginError,
+    MissingDependencyError,
+    PluginError,
+    PluginNotFoundError,
+)
+from ladle.plugin_host import DISTRIBUTIONS_VARIABLE
 
 MakeDist = Callable[..., str]
 
@@ -40,6 +47,7 @@ def make_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MakeDist:
         return suffix
 
     monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv(DISTRIBUTIONS_VARIABLE)  # these tests install third-party plugins on purpose
     return make
 
 
@@ -342,3 +350,143 @@ def test_each_host_is_independent() -> None:
 def test_public_api_exports_the_host() -> None:
     assert ladle.PluginHost is PluginHost
     assert {"PluginHost", "Register", "Registration", "API_VERSION", "hookimpl"} <= set(ladle.__all__)
+
+
+# Install hints always name the extra --------------------------------------------------------
+
+
+class LadleShipped:
+    """Registrations whose factories live in the ``ladle`` distribution, added without naming it
+    (as ``[plugins] modules`` and ``add_plugin`` do)."""
+
+    @hookimpl
+    def register_runtimes(self, register: Any) -> None:
+        register("absent-dep", "ladle.runtime:Runtime", requires=["ladletest_not_installed"], extra="jax")
+        register("broken-import", "ladle.plugins.ladletest_no_such_module:Runtime", extra="sklearn")
+
+
+def test_hint_names_the_extra_when_the_plugin_was_added_without_its_distribution() -> None:
+    host = PluginHost()
+    host.add_plugin(LadleShipped(), "shipped")
+    with pytest.raises(MissingDependencyError) as info:
+        host.load("runtime", "absent-dep")
+    assert info.value.message.endswith("needs ladletest_not_installed: pip install 'ladle[jax]'")
+    listed = next(r for r in host.describe()[0]["registers"] if r["name"] == "absent-dep")
+    assert listed["install"] == "pip install 'ladle[jax]'"  # `ladle plugins` says the same
+
+
+def test_a_failed_import_names_the_extra_too(make_dist: MakeDist) -> None:
+    host = PluginHost()
+    host.add_plugin(LadleShipped(), "shipped")
+    with pytest.raises(MissingDependencyError) as info:
+        host.load("runtime", "broken-import")
+    assert "failed to import: No module named 'ladle.plugins.ladletest_no_such_module'" in info.value.message
+    assert info.value.message.endswith(": pip install 'ladle[sklearn]'")
+    # a third party's plugin names its own distribution
+    make_dist(
+        "acme-lazy",
+        "1.0",
+        {"acme-lazy": "acme_lazy_{s}"},
+        {
+            "acme_lazy_{s}": """
+                from ladle import hookimpl
+
+                @hookimpl
+                def register_runtimes(register):
+                    register("lazy", "ladletest_acme_lazy_runtime:Lazy", extra="gpu")
+            """,
+            # never cached in sys.modules: importing it fails
+            "ladletest_acme_lazy_runtime": "import ladletest_absent_framework\n",
+        },
+    )
+    installed = PluginHost().discover()
+    with pytest.raises(MissingDependencyError) as third:
+        installed.load("runtime", "lazy")
+    assert "No module named 'ladletest_absent_framework'" in third.value.message
+    assert third.value.message.endswith(": pip install 'acme-lazy[gpu]'")
+
+
+def test_without_a_known_distribution_the_hint_still_names_the_extra() -> None:
+    class Unpackaged:
+        @hookimpl
+        def register_runtimes(self, register: Any) -> None:
+            register(
+                "odd", "ladletest_unpackaged_lib:Odd", requires=["ladletest_unpackaged_lib"], extra="odd"
+            )
+
+    host = PluginHost()
+    host.add_plugin(Unpackaged(), "unpackaged")
+    with pytest.raises(MissingDependencyError) as info:
+        host.load("runtime", "odd")
+    assert info.value.message.endswith(
+        "needs ladletest_unpackaged_lib: pip install ladletest_unpackaged_lib "
+        "(the 'odd' extra of the package that provides plugin 'unpackaged')"
+    )
+
+
+def test_builtin_runtimes_name_their_extra_whatever_is_missing() -> None:
+    """A framework hidden, or only a library it imports (jaxlib under jax, scipy under scikit-learn):
+    the error names the runtime's extra, also for a built-in added through ``[plugins] modules``."""
+    code = """
+        import importlib.abc, sys
+        HIDDEN = set(sys.argv[1].split(","))
+
+        class Hide(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.partition(".")[0] in HIDDEN:
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                return None
+
+        sys.meta_path.insert(0, Hide())
+        from ladle import MissingDependencyError, PluginHost
+
+        host = PluginHost(disabled=["runtime-onnx"])
+        host.add_module("ladle.plugins.runtimes.onnx")  # as [plugins] modules does: no distribution
+        host.discover()
+        for name, extra in [("jax", "jax"), ("sklearn", "sklearn"), ("onnx", "onnx")]:
+            try:
+                host.load("runtime", name)
+            except MissingDependencyError as exc:
+                assert f"pip install 'ladle[{extra}]'" in exc.message, exc.message
+            else:
+                raise AssertionError(f"{name} loaded with {sorted(HIDDEN)} hidden")
+        hints = {r["name"]: r["install"] for p in host.describe() for r in p["registers"]}
+        assert hints["onnx"] == "pip install 'ladle[onnx]'", hints
+    """
+    import subprocess
+    import sys
+
+    hidden = "jaxlib,scipy,onnxruntime"
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), hidden], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+class _ClaimsOnnx:
+    """A third party whose runtime also claims ``model.onnx``."""
+
+    @hookimpl
+    def register_runtimes(self, register: Any) -> None:
+        register("other-onnx", "math:sqrt", detect=lambda d: (d / "model.onnx").is_file())
+
+
+def test_two_runtimes_claiming_one_artifact_are_refused_naming_both(tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"")
+    host = PluginHost()
+    host.add_plugin(_ClaimsOnnx(), "third-party")
+    host.discover()
+    with pytest.raises(ConfigError, match="several runtimes") as caught:
+        host.detect_runtime(tmp_path)
+    assert caught.value.details["runtimes"] == ["onnx", "other-onnx"]
+    assert "runtime-onnx" in caught.value.message and "third-party" in caught.value.message
+    lone = PluginHost(disabled=["runtime-onnx"])
+    lone.add_plugin(_ClaimsOnnx(), "third-party")
+    assert lone.discover().detect_runtime(tmp_path) == "other-onnx"  # disabling one settles it
+
+
+def test_only_the_named_distributions_load_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DISTRIBUTIONS_VARIABLE, "no-such-distribution")
+    assert PluginHost().discover().records == {}
+    monkeypatch.setenv(DISTRIBUTIONS_VARIABLE, "ladle")
+    assert "runtime-onnx" in PluginHost().discover().records

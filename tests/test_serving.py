@@ -78,7 +78,7 @@ def infer(
 ) -> np.ndarray:
     async def go() -> Arrays:
         request = InferenceRequest(model, {"x": np.ones((1, 1), np.float32)}, version=version)
-        return await server.manager.endpoint(model).submit(request)[1]
+        return (await server.manager.admission.infer(request)).outputs
 
     return loop.run_until_complete(go())["y"]
 
@@ -146,7 +146,8 @@ def test_a_static_traffic_split_from_config(tmp_path: Path) -> None:
         good = server.manager.endpoint("good")
         assert dict(good.table.weights) == {"1": 90, "2": 10}
         chosen = [
-            good.version(None, InferenceRequest("good", {}, routing_key=f"k{i}")).version for i in range(400)
+            good.router.route(InferenceRequest("good", {}, routing_key=f"k{i}"), good.table).primary.version
+            for i in range(400)
         ]
         assert 300 < chosen.count("1") < 390 and chosen.count("2") > 10
     finally:

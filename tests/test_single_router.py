@@ -5,8 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ladle import ConfigError, InferenceRequest, ModelNotReadyError, PluginHost, Route, RoutingTable, Target
+from ladle import (
+    ConfigError,
+    InferenceRequest,
+    ModelConfig,
+    ModelNotReadyError,
+    PluginHost,
+    Route,
+    RoutingTable,
+    Target,
+)
 from ladle.plugins.routers.single.router import SingleRouter
+from ladle.serving import ModelEndpoint
 
 
 def request() -> InferenceRequest:
@@ -25,13 +35,16 @@ def test_the_latest_version_takes_everything_whatever_the_weights() -> None:
     assert {router.route(request(), table).primary for _ in range(50)} == {Target("m", "10")}
 
 
-def test_a_swapped_table_is_followed_at_once() -> None:
+def test_it_is_static_so_the_core_asks_once_per_table_and_follows_a_swap_at_once() -> None:
     router = SingleRouter({})
-    old = RoutingTable("m", ("1", "2"))
-    first = router.route(request(), old)
-    assert router.route(request(), old) is first  # computed once per table
-    assert router.route(request(), RoutingTable("m", ("1", "2", "3"))).primary == Target("m", "3")
-    assert router.route(request(), RoutingTable("m", ("1",))).primary == Target("m", "1")
+    assert SingleRouter.static
+    endpoint = ModelEndpoint("m", ModelConfig(), router)
+    endpoint.set_table(RoutingTable("m", ("1", "2")))
+    assert endpoint.fixed_route == Route(Target("m", "2"))  # computed once, when the table changed
+    endpoint.set_table(RoutingTable("m", ("1", "2", "3")))
+    assert endpoint.fixed_route == Route(Target("m", "3"))
+    endpoint.set_table(RoutingTable("m", ()))
+    assert endpoint.fixed_route is None  # no version: the pipeline answers 503
 
 
 def test_a_table_without_versions_answers_503() -> None:

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from offline_venv import make_environment, pip_install_offline
+from offline_venv import make_environment, open_environment, pip_install_offline
 
 import ladle
 from ladle.cli import main
-from ladle.commands.new import TEMPLATES, template_path
+from ladle.commands.new import TEMPLATES, render, service_runtimes, template_path
 from ladle.config import load_server_config, merge_model_config
 from ladle.plugin_host import PluginHost
 from ladle.repository import ModelRepository
@@ -56,11 +56,6 @@ def _ruff(directory: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _template_config(name: str) -> str:
-    with template_path(name) as folder:
-        return (folder / "copier.yml").read_text()
-
-
 def test_every_template_is_shipped_as_a_resource() -> None:
     import ladle.templates
 
@@ -81,8 +76,7 @@ def test_new_without_copier_names_the_extra(
 
 
 def test_each_service_runtime_choice_has_its_parts_and_a_plugin() -> None:
-    yaml = pytest.importorskip("yaml")
-    choices = yaml.safe_load(_template_config("service"))["runtime"]["choices"]
+    choices = service_runtimes()  # the runtimes/ folders: no list to keep in step
     with template_path("service") as folder:
         folders = sorted(p.name for p in (folder / "runtimes").iterdir() if p.is_dir())
         assert sorted(choices) == folders
@@ -101,6 +95,10 @@ SERVICE_RUNTIMES = {
     "xgboost": ("xgboost", "sklearn"),
     "onnx": ("onnx", "onnxruntime", "sklearn"),
     "python": ("sklearn",),
+    "torch": ("torch", "sklearn"),
+    "jax": ("jax", "flatbuffers", "sklearn"),
+    "causal-lm": ("torch", "tokenizers", "safetensors"),
+    "sklearn": ("sklearn", "skops"),
 }
 
 
@@ -123,8 +121,7 @@ def service(services: dict[str, Path]) -> Path:
 
 
 def test_service_runtimes_are_all_tested() -> None:
-    yaml = pytest.importorskip("yaml")
-    assert set(yaml.safe_load(_template_config("service"))["runtime"]["choices"]) == set(SERVICE_RUNTIMES)
+    assert set(service_runtimes()) == set(SERVICE_RUNTIMES)
 
 
 def test_service_layout(service: Path) -> None:
@@ -136,6 +133,9 @@ def test_service_layout(service: Path) -> None:
         "pyproject.toml",
         "requirements.txt",
         "tests/test_service.py",
+        "Dockerfile",
+        ".dockerignore",
+        "constraints.txt",
     }
     _assert_fully_rendered(service)
     readme = (service / "README.md").read_text()
@@ -235,11 +235,16 @@ def test_plugin_installs_offline_and_passes_its_own_tests(plugin: Path, tmp_path
         capture_output=True,
         text=True,
         timeout=120,
+        env=open_environment(),
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "failed" not in result.stdout
     listed = subprocess.run(
-        [str(python), "-m", "ladle.cli", "plugins", "--json"], capture_output=True, text=True, timeout=60
+        [str(python), "-m", "ladle.cli", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=open_environment(),
     )
     by_name = {p["name"]: p for p in json.loads(listed.stdout)}
     assert by_name["ladle-affine"]["version"] == "0.1.0"
@@ -270,7 +275,7 @@ def test_new_renders_into_an_existing_folder_with_force(tmp_path: Path) -> None:
     [
         (["service", "bad name"], "Validation error for question 'name'"),
         (["service", "../escape"], "Validation error for question 'name'"),
-        (["service", "ok", "--runtime", "nope"], "Invalid choice for 'runtime': 'nope'"),
+        (["service", "ok", "--runtime", "nope"], "no runtime 'nope' in the service template"),
         (["plugin", "Bad_Name"], "Validation error for question 'name'"),
         (["plugin", "ok", "--package", "not-a-package"], "Validation error for question 'package'"),
     ],
@@ -282,6 +287,15 @@ def test_new_refuses_invalid_answers(
     assert main(["new", *args, "--dest", str(destination)]) == 1
     assert message in capsys.readouterr().err
     assert not destination.exists(), "a refused render leaves nothing behind"
+
+
+@needs_copier
+@pytest.mark.parametrize("runtime", ["nope", "../template", "parts"])
+def test_the_template_itself_refuses_a_runtime_it_has_no_folder_for(tmp_path: Path, runtime: str) -> None:
+    # What `copier copy` on the template folder does, without ladle new's own check.
+    with pytest.raises(ValueError, match="Validation error for question 'runtime'"):
+        render("service", tmp_path / "out", {"name": "ok", "runtime": runtime})
+    assert not (tmp_path / "out").exists()
 
 
 def test_new_needs_a_template(capsys: pytest.CaptureFixture[str]) -> None:

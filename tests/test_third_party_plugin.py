@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from offline_venv import make_environment, pip_install_offline
+from offline_venv import make_environment, open_environment, pip_install_offline
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +119,9 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(python: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([str(python), *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+    result = subprocess.run(
+        [str(python), *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=open_environment()
+    )
     assert result.returncode == 0, result.stderr
     return result
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import __version__
 
-__all__ = ["TEMPLATES", "configure", "render", "run", "template_path"]
+__all__ = ["TEMPLATES", "configure", "render", "run", "service_runtimes", "template_path"]
 
 #: template folder -> one-line description
 TEMPLATES: dict[str, str] = {
@@ -35,7 +35,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     kinds = parser.add_subparsers(dest="template", metavar="TEMPLATE", required=True)
     service = kinds.add_parser("service", help=TEMPLATES["service"], description=TEMPLATES["service"])
     service.add_argument("name", help="model name (letters, digits, '.', '_', '-'); also the folder name")
-    service.add_argument("--runtime", default="xgboost", help="runtime serving the model (default: xgboost)")
+    service.add_argument(
+        "--runtime",
+        default="xgboost",
+        help=f"runtime serving the model: {', '.join(service_runtimes())} (default: xgboost)",
+    )
     plugin = kinds.add_parser("plugin", help=TEMPLATES["plugin"], description=TEMPLATES["plugin"])
     plugin.add_argument("name", help="runtime name, as written in model.toml (lower case, '-' and '_')")
     plugin.add_argument("--distribution", help="distribution name on PyPI (default: ladle-NAME)")
@@ -56,6 +60,16 @@ def template_path(name: str) -> Iterator[Path]:
         target = Path(scratch) / name
         _copy_tree(root, target)
         yield target
+
+
+def service_runtimes() -> list[str]:
+    """The runtimes the service template offers: its ``runtimes/`` folders that hold a build script."""
+    runtimes = resources.files("ladle.templates") / "service" / "runtimes"
+    return sorted(
+        entry.name
+        for entry in runtimes.iterdir()
+        if entry.is_dir() and (entry / "build_model.py.jinja").is_file()
+    )
 
 
 def _copy_tree(source: Traversable, target: Path) -> None:
@@ -87,7 +101,10 @@ def render(template: str, destination: Path, answers: dict[str, Any], *, overwri
 def _answers(args: argparse.Namespace) -> dict[str, Any]:
     answers: dict[str, Any] = {"name": args.name}
     if args.template == "service":
+        from ..kubernetes.options import derive_name  # the image name `ladle k8s render` defaults to
+
         answers["runtime"] = args.runtime
+        answers["image"] = derive_name(args.name)
     else:
         for key in ("distribution", "package"):
             if getattr(args, key):
@@ -107,13 +124,20 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("error: ladle new needs copier: pip install 'ladle[new]'", file=sys.stderr)
         return 1
+    if args.template == "service" and args.runtime not in service_runtimes():
+        print(
+            f"error: no runtime {args.runtime!r} in the service template; "
+            f"choose one of: {', '.join(service_runtimes())}",
+            file=sys.stderr,
+        )
+        return 1
     destination: Path = args.dest or Path.cwd() / _default_folder(args)
     if destination.exists() and any(destination.iterdir()) and not args.force:
         print(f"error: {destination} is not empty (use --force to render into it)", file=sys.stderr)
         return 1
     created = not destination.exists()
     try:
-        render(args.template, destination, _answers(args), overwrite=args.force)
+        render(args.template, destination, answers := _answers(args), overwrite=args.force)
     except ValueError as exc:
         if created:
             shutil.rmtree(destination, ignore_errors=True)
@@ -121,7 +145,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"created {args.template} {args.name!r} in {destination}")
     steps = (
-        ["pip install -r requirements.txt", "python build_model.py", "pytest", "ladle serve ."]
+        [
+            "pip install -r requirements.txt",
+            "python build_model.py",
+            "pytest",
+            "ladle serve .",
+            f"docker build -t {answers['image']} .",
+        ]
         if args.template == "service"
         else ["pip install -e '.[test]'", "pytest", "ladle plugins"]
     )

@@ -2,8 +2,8 @@
 guards, circuit breakers, fallbacks and the response cache, the control API and its auth.
 
 See ``ladle.deployments.controller`` for the two modes (static and managed) and which source of
-truth each follows. Names are imported on first use, so a router plugin importing
-``ladle.deployments.split`` does not pull in the controller or starlette.
+truth each follows. Names are imported on first use, so importing this package pulls in neither
+the controller nor starlette.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .auth import BearerAuth, TokenMiddleware, configured_tokens
     from .controller import DeploymentController, DeploymentFailedError, DeploymentOptions
-    from .delivery import Delivery, ServedOutputs
+    from .delivery import Delivery
     from .errors import ConflictError, RateLimitedError, UnknownRequestError
     from .guards import GuardPolicy
     from .resilience import ResiliencePolicy
@@ -30,7 +30,6 @@ _HOMES = {
     "DeploymentFailedError": "controller",
     "DeploymentOptions": "controller",
     "Delivery": "delivery",
-    "ServedOutputs": "delivery",
     "ConflictError": "errors",
     "RateLimitedError": "errors",
     "UnknownRequestError": "errors",
@@ -53,7 +52,6 @@ __all__ = [
     "RateLimitedError",
     "ResiliencePolicy",
     "RolloutPlan",
-    "ServedOutputs",
     "TokenMiddleware",
     "UnknownRequestError",
     "configured_tokens",

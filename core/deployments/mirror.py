@@ -2,7 +2,8 @@
 
 ``offer`` (data path) only appends to a bounded queue; when the queue is full the copy is dropped
 and counted. Worker tasks send each copy at the lowest priority, wait for both answers and record
-the comparison: label agreement, mean absolute score difference and latency difference.
+the comparison: label agreement and mean absolute score difference for tensors, identical
+generations and token agreement for generated text, and the latency difference.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..envelope import Arrays, InferenceRequest, Priority
+from ..admission import Pending
+from ..envelope import Arrays, CancelSignal, InferenceRequest, Priority
 from ..errors import LadleError
+from ..generation import GenerationResult
 from ..routing import Target
 from .guards import predicted_labels, row_scores
 
@@ -37,10 +40,23 @@ class ShadowStats:
         self.scored_rows = 0
         self.abs_score_diff_sum = 0.0
         self.latency_diffs: deque[float] = deque(maxlen=capacity)
+        self.sequences = 0
+        self.identical = 0
+        self.tokens = 0
+        self.agreeing_tokens = 0
 
-    def record(self, primary: Arrays, shadow: Arrays, latency_diff: float, score_output: str | None) -> None:
+    def record(
+        self,
+        primary: Arrays | GenerationResult,
+        shadow: Arrays | GenerationResult,
+        latency_diff: float,
+        score_output: str | None,
+    ) -> None:
         self.compared += 1
         self.latency_diffs.append(latency_diff)
+        if isinstance(primary, GenerationResult) or isinstance(shadow, GenerationResult):
+            self._record_generation(primary, shadow)
+            return
         p_labels = predicted_labels(primary, score_output)
         s_labels = predicted_labels(shadow, score_output)
         if p_labels is not None and s_labels is not None and p_labels.shape == s_labels.shape:
@@ -53,9 +69,30 @@ class ShadowStats:
             self.scored_rows += len(diff)
             self.abs_score_diff_sum += float(diff.sum())
 
+    def _record_generation(
+        self, primary: Arrays | GenerationResult, shadow: Arrays | GenerationResult
+    ) -> None:
+        """Generations agree token by token: identical sequences, and the share of positions that match."""
+        if not (isinstance(primary, GenerationResult) and isinstance(shadow, GenerationResult)):
+            return
+        self.sequences += 1
+        self.identical += primary.token_ids == shadow.token_ids
+        longest = max(len(primary.token_ids), len(shadow.token_ids))
+        self.tokens += longest
+        self.agreeing_tokens += sum(a == b for a, b in zip(primary.token_ids, shadow.token_ids, strict=False))
+
     def describe(self) -> dict[str, Any]:
         diffs = np.asarray(self.latency_diffs, dtype=np.float64)
+        generation = (
+            {
+                "identical_generations": self.identical / self.sequences,
+                "token_agreement": self.agreeing_tokens / self.tokens if self.tokens else None,
+            }
+            if self.sequences
+            else {}
+        )
         return {
+            **generation,
             "compared": self.compared,
             "failed": self.failed,
             "label_agreement": self.agreeing_rows / self.rows if self.rows else None,
@@ -65,15 +102,10 @@ class ShadowStats:
         }
 
 
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 class _Copy:
     __slots__ = ("primary", "primary_done", "request", "target")
 
-    def __init__(self, request: InferenceRequest, target: Target, primary: asyncio.Future[Arrays]) -> None:
+    def __init__(self, request: InferenceRequest, target: Target, primary: asyncio.Future[Outcome]) -> None:
         self.request = request
         self.target = target
         self.primary = primary
@@ -81,6 +113,22 @@ class _Copy:
 
     def mark(self, _: object) -> None:
         self.primary_done = time.monotonic()
+
+
+#: (outputs or a generation result, or ``None``; the error or ``None``)
+Outcome = tuple["Arrays | GenerationResult | None", "BaseException | None"]
+
+
+def _outcome_future(pending: Pending) -> asyncio.Future[Outcome]:
+    """A future of a pending answer's outcome that never raises (and never cancels the answer)."""
+    future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+    def done(result: Arrays | GenerationResult | None, error: BaseException | None) -> None:
+        if not future.done():
+            future.set_result((result, error))
+
+    pending.add_done_callback(done)
+    return future
 
 
 class ShadowMirror:
@@ -106,21 +154,21 @@ class ShadowMirror:
         self.dropped = 0
         self.stats: dict[str, ShadowStats] = {}
 
-    def offer(
-        self, request: InferenceRequest, shadows: tuple[Target, ...], primary: asyncio.Future[Arrays]
-    ) -> None:
+    def offer(self, request: InferenceRequest, shadows: tuple[Target, ...], primary: Pending) -> None:
         """Queue a copy of ``request`` per shadow target; drop (and count) when the queue is full."""
         if not self._workers:
             self._start()
+        outcome: asyncio.Future[Outcome] | None = None
         for target in shadows:
             self.offered += 1
-            copy = _Copy(request, target, primary)
-            try:
-                self._queue.put_nowait(copy)
-            except asyncio.QueueFull:
+            if self._queue.full():
                 self.dropped += 1
                 continue
-            primary.add_done_callback(copy.mark)
+            if outcome is None:
+                outcome = _outcome_future(primary)
+            copy = _Copy(request, target, outcome)
+            outcome.add_done_callback(copy.mark)
+            self._queue.put_nowait(copy)
 
     def _start(self) -> None:
         self._workers = [
@@ -148,43 +196,45 @@ class ShadowMirror:
         if endpoint is None:
             self.dropped += 1
             return
-        shadow_request = InferenceRequest(
+        shadow_request = original.derive(
             original.model,
-            original.inputs,
-            version=copy.target.version,
+            copy.target.version,
             parameters=dict(original.parameters),
             deadline=time.monotonic() + self.timeout,
             priority=Priority.LOW,
-            routing_key=original.routing_key,
-            outputs=original.outputs,
-            rows=original.rows,
+            cancel=CancelSignal(),
+            id=None,
         )
+        shadow_request.arrival = time.monotonic()
         try:
-            future = endpoint.batcher.submit(shadow_request)
+            endpoint.check(shadow_request)
+            pending = endpoint.queue(shadow_request)
         except LadleError:
             self.dropped += 1
             return
+        try:
+            async with asyncio.timeout(self.timeout):
+                if pending.stream is not None:
+                    shadow_result: Arrays | GenerationResult = await pending.stream.collect()
+                else:
+                    assert pending.future is not None
+                    shadow_result = await pending.future
+        except (LadleError, TimeoutError):
+            shadow_request.cancel.abandon("shadow timed out")
+            stats.failed += 1
+            return
+        shadow_latency = time.monotonic() - shadow_request.arrival
         # asyncio.timeout, not wait_for: wait_for (3.11) can swallow a cancellation that races
         # with the answer, and a worker that misses its cancellation never stops.
         try:
             async with asyncio.timeout(self.timeout):
-                shadow_outputs = await future
-        except (LadleError, TimeoutError):
-            shadow_request.cancel.cancel("shadow timed out")
-            stats.failed += 1
+                primary_result, primary_error = await copy.primary
+        except TimeoutError:
             return
-        shadow_latency = time.monotonic() - shadow_request.arrival
-        try:
-            async with asyncio.timeout(self.timeout):
-                primary_outputs = await asyncio.shield(copy.primary)  # never cancel the client's request
-        except (LadleError, TimeoutError):
+        if primary_error is not None or primary_result is None:
             return  # the primary failed: nothing to compare
-        except asyncio.CancelledError:
-            if copy.primary.cancelled() and not _cancelling():
-                return
-            raise
         primary_latency = (copy.primary_done or time.monotonic()) - original.arrival
-        stats.record(primary_outputs, shadow_outputs, shadow_latency - primary_latency, self.score_output)
+        stats.record(primary_result, shadow_result, shadow_latency - primary_latency, self.score_output)
 
     @property
     def queued(self) -> int:

@@ -27,6 +27,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..envelope import Arrays, InferenceRequest
+from ..generation import GenerationResult
 
 __all__ = [
     "BreakerPolicy",
@@ -195,6 +196,10 @@ class CircuitBreaker:
         }
 
 
+#: What the cache holds: tensor outputs, or a whole generation.
+Cached = Arrays | GenerationResult
+
+
 class ResponseCache:
     """Outputs of identical inputs, per version, with a TTL and an entry bound (least recently used
     goes first). Object (BYTES) inputs are not cached."""
@@ -203,7 +208,7 @@ class ResponseCache:
 
     def __init__(self, policy: CachePolicy) -> None:
         self.policy = policy
-        self._entries: OrderedDict[bytes, dict[str, tuple[float, Arrays]]] = OrderedDict()
+        self._entries: OrderedDict[bytes, dict[str, tuple[float, Cached]]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -227,7 +232,7 @@ class ResponseCache:
             digest.update(repr(tuple(request.outputs)).encode())
         return digest.digest()
 
-    def get(self, key: bytes, version: str, now: float) -> Arrays | None:
+    def get(self, key: bytes, version: str, now: float) -> Cached | None:
         versions = self._entries.get(key)
         entry = versions.get(version) if versions is not None else None
         if entry is None or entry[0] < now:
@@ -237,7 +242,7 @@ class ResponseCache:
         self.hits += 1
         return entry[1]
 
-    def any(self, key: bytes, now: float) -> tuple[str, Arrays] | None:
+    def any(self, key: bytes, now: float) -> tuple[str, Cached] | None:
         """The freshest unexpired entry of any version (for the cache fallback)."""
         versions = self._entries.get(key)
         if not versions:
@@ -245,7 +250,7 @@ class ResponseCache:
         best = max(versions.items(), key=lambda item: item[1][0])
         return (best[0], best[1][1]) if best[1][0] >= now else None
 
-    def put(self, key: bytes, version: str, outputs: Arrays, now: float) -> None:
+    def put(self, key: bytes, version: str, outputs: Cached, now: float) -> None:
         entries = self._entries
         versions = entries.get(key)
         if versions is None:

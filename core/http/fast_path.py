@@ -3,34 +3,80 @@
 Inference is the only per-request hot path; it skips starlette's routing, request and response
 objects and middleware stack (tens of microseconds a request) and talks ASGI directly. Every
 other route, and every method other than POST on these paths, goes on to starlette.
+
+Each request gets its cancel signal here, and this is where a client that goes away is noticed
+(``ladle.http.disconnect``): every HTTP adapter hands that signal to its envelope. A handler
+answers with bytes, or with an async iterator of bytes for a streamed (server-sent events) answer.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..admission import Answer
+from ..envelope import CancelSignal
 from ..errors import LadleError, PayloadTooLargeError, RuntimeFailureError
+from .disconnect import DisconnectWatch, watch_now
 from .responses import error_headers
 
-__all__ = ["JSON_HEADERS", "FastPath", "FastRoutes", "Handler", "Reply"]
+__all__ = ["JSON_HEADERS", "FastPath", "FastRoutes", "Handler", "Reply", "json_answer_headers"]
 
 logger = logging.getLogger("ladle.http")
 
-#: (status, body, headers)
-Reply = tuple[int, bytes, Mapping[str, str]]
-#: handler(model, version, body, headers) -> Reply; raises ``LadleError`` for client mistakes.
-Handler = Callable[[str, str | None, bytes, Mapping[str, str]], Awaitable[Reply]]
+_RawHeaders = list[tuple[bytes, bytes]]
+#: (status, body or an async iterator of body chunks, headers or already encoded header pairs)
+Reply = tuple[int, bytes | AsyncGenerator[bytes, None], Mapping[str, str] | _RawHeaders]
+#: handler(model or ``None``, version, body, headers, cancel) -> Reply; raises ``LadleError`` for
+#: client mistakes.
+Handler = Callable[[str | None, str | None, bytes, Mapping[str, str], CancelSignal], Awaitable[Reply]]
 JSON_HEADERS: Mapping[str, str] = {"content-type": "application/json"}
-_JSON_RAW = [(b"content-type", b"application/json")]
+_ENCODED: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+_ANSWERS: dict[tuple[str, str, str, str | None], _RawHeaders] = {}
+_ENCODED_LIMIT = 4096
+
+
+def json_answer_headers(answer: Answer) -> _RawHeaders:
+    """The encoded headers of a JSON answer (the few distinct sets a server sends are built once)."""
+    key = (answer.version, answer.source, answer.reason, answer.arm)
+    raw = _ANSWERS.get(key)
+    if raw is None:
+        raw = _encode({**JSON_HEADERS, **answer.headers()})
+        if len(_ANSWERS) < _ENCODED_LIMIT:
+            _ANSWERS[key] = raw
+    return raw
+
+
+def _encode(headers: Mapping[str, str] | _RawHeaders) -> _RawHeaders:
+    """ASGI header pairs (a fresh list); the few distinct pairs a server sends are encoded once."""
+    if isinstance(headers, list):
+        return list(headers)
+    raw = []
+    for key, value in headers.items():
+        pair = _ENCODED.get((key, value))
+        if pair is None:
+            pair = (key.lower().encode("latin-1"), value.encode("latin-1"))
+            if len(_ENCODED) < _ENCODED_LIMIT:
+                _ENCODED[key, value] = pair
+        raw.append(pair)
+    return raw
+
+
+async def _not_allowed(scope: Scope, send: Send) -> None:
+    body = orjson.dumps(
+        {"error": f"Method Not Allowed: {scope['method']} {scope['path']}", "code": "method_not_allowed"}
+    )
+    headers = [*_encode({**JSON_HEADERS, "allow": "POST"}), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class FastRoutes:
-    """POST routes with ``{model}`` and optional ``{version}`` segments."""
+    """POST routes with optional ``{model}`` and ``{version}`` segments."""
 
     def __init__(self) -> None:
         self._routes: list[tuple[re.Pattern[str], Handler]] = []
@@ -40,12 +86,12 @@ class FastRoutes:
         pattern = pattern.replace(r"\{version\}", r"(?P<version>[^/]+)")
         self._routes.append((re.compile(pattern + "$"), handler))
 
-    def match(self, path: str) -> tuple[Handler, str, str | None] | None:
+    def match(self, path: str) -> tuple[Handler, str | None, str | None] | None:
         for pattern, handler in self._routes:
             found = pattern.match(path)
             if found is not None:
                 groups = found.groupdict()
-                return handler, groups["model"], groups.get("version")
+                return handler, groups.get("model"), groups.get("version")
         return None
 
 
@@ -56,39 +102,67 @@ class FastPath:
         self.app = app
         self.routes = routes
         self.max_body = max_body
+        self.watch = DisconnectWatch()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         matched = self.routes.match(scope["path"])
         if matched is None:
             return await self.app(scope, receive, send)
+        if scope["method"] != "POST":
+            return await _not_allowed(scope, send)
         handler, model, version = matched
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        cancel = CancelSignal()
         try:
-            body = await self._body(headers, receive)
-            status, content, reply_headers = await handler(model, version, body, headers)
-        except LadleError as exc:
-            status, content = exc.status, orjson.dumps(exc.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
-            reply_headers = {**JSON_HEADERS, **error_headers(exc)}
-        except Exception as exc:  # a bug: answer 500 with JSON and log it, never drop the connection
-            logger.exception("inference handler failed")
-            error = RuntimeFailureError(f"internal error: {type(exc).__name__}: {exc}")
-            status, content, reply_headers = 500, orjson.dumps(error.to_dict()), JSON_HEADERS
-        raw = (
-            _JSON_RAW
-            if reply_headers is JSON_HEADERS
-            else [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply_headers.items()]
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [*raw, (b"content-length", str(len(content)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+            try:
+                body = await self._body(headers, receive)
+                watch = self.watch  # tracked only once the body is read: one receiver at a time
+                watch.young.append((receive, cancel))
+                if watch.timer is None:
+                    watch.start()
+                status, content, reply_headers = await handler(model, version, body, headers, cancel)
+            except LadleError as exc:
+                status, content = exc.status, orjson.dumps(exc.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
+                reply_headers = {**JSON_HEADERS, **error_headers(exc)}
+            except Exception as exc:  # a bug: answer 500 with JSON and log it, never drop the connection
+                logger.exception("inference handler failed")
+                error = RuntimeFailureError(f"internal error: {type(exc).__name__}")
+                status, content, reply_headers = 500, orjson.dumps(error.to_dict()), JSON_HEADERS
+            if isinstance(content, bytes):
+                raw = _encode(reply_headers)
+                raw.append((b"content-length", str(len(content)).encode()))
+                await send({"type": "http.response.start", "status": status, "headers": raw})
+                await send({"type": "http.response.body", "body": content})
+                return None
+            watcher = watch_now(receive, cancel)
+            try:
+                await self._stream(status, content, reply_headers, cancel, send)
+            finally:
+                watcher.cancel()
+        finally:
+            cancel.finish()
         return None
+
+    @staticmethod
+    async def _stream(
+        status: int,
+        chunks: AsyncGenerator[bytes, None],
+        headers: Mapping[str, str] | _RawHeaders,
+        cancel: CancelSignal,
+        send: Send,
+    ) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": _encode(headers)})
+        try:
+            async for chunk in chunks:
+                if cancel.abandoned:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            await chunks.aclose()  # left early: run the generator's cleanup (it aborts the generation)
+        if not cancel.abandoned:
+            await send({"type": "http.response.body", "body": b""})
 
     async def _body(self, headers: Mapping[str, str], receive: Receive) -> bytes:
         length = headers.get("content-length")

@@ -4,7 +4,7 @@
 
     {"prompt": "Once upon", "max_tokens": 32, "stream": false,
      "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": null, "stop": ["\\n"],
-     "params": {"version": "1", "timeout_ms": 60000, "priority": "high"}}
+     "params": {"version": "1", "timeout_ms": 60000, "priority": "high", "routing_key": "user-42"}}
 
 answers ``{"id", "model", "version", "text", "token_ids", "finish_reason", "usage"}``; with
 ``"stream": true`` it sends server-sent events, one ``data: {"text", "token_ids"}`` per chunk, a last
@@ -13,7 +13,12 @@ answers ``{"id", "model", "version", "text", "token_ids", "finish_reason", "usag
 OpenAI-compatible: ``GET /v1/models``, ``POST /v1/completions`` and ``POST /v1/chat/completions``
 (``stream`` and ``stream_options.include_usage`` too), so the official ``openai`` client works
 unchanged. Errors there use OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
-A client that disconnects aborts its sequence, and its cache blocks return to the pool.
+The routing key is the ``Ladle-Routing-Key`` header, else the body's ``user``.
+
+Every endpoint is a thin adapter: it builds one ``InferenceRequest`` with a ``GenerationPayload``
+and hands it to the admission pipeline, so canary splits, sticky keys, shadows, fallbacks, breakers
+and rollouts apply to generative models as to any other. A client that disconnects aborts its
+sequence, and its cache blocks return to the pool.
 """
 
 from __future__ import annotations
@@ -22,54 +27,46 @@ import functools
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from ..admission import AnswerStream
+from ..envelope import CancelSignal, InferenceRequest
 from ..errors import InvalidRequestError, LadleError, ModelNotFoundError
-from ..generation import GenerationChunk, GenerationStream, SamplingParams, TextGenerator
+from ..generation import GenerationChunk, GenerationPayload, GenerationResult, SamplingParams
+from ..request_context import ROUTING_KEY_HEADER, RequestContext
 from ..server import Server
-from ..serving import ModelEndpoint, VersionEndpoint
-from .request_context import VERSION_HEADER, RequestContext
-from .responses import JSON, error_response, json_response, read_body
+from .fast_path import JSON_HEADERS, FastRoutes, Handler, Reply
+from .responses import error_headers, json_response
 from .v2_codec import parse_json
 
 __all__ = ["routes"]
 
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
 _ids = itertools.count(1)
 _prefix = os.urandom(3).hex()
+_DONE = b"data: [DONE]\n\n"
+_UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "suffix", "tools", "functions")
+#: chunk -> the server-sent events it becomes
+Render = Callable[[GenerationChunk], list[bytes]]
 
 
 def _new_id(kind: str) -> str:
     return f"{kind}-{_prefix}{next(_ids):x}"
 
 
-def _generator(endpoint: ModelEndpoint, version: str | None) -> tuple[VersionEndpoint, TextGenerator]:
-    served = endpoint.version(version)
-    batcher = served.batcher
-    if not isinstance(batcher, TextGenerator):
-        raise InvalidRequestError(
-            f"model {endpoint.name!r} does not generate text (its batcher is {served.config.batcher.name!r})",
-            model=endpoint.name,
-        )
-    return served, batcher
-
-
 def _sse(data: Any) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-_DONE = b"data: [DONE]\n\n"
-
-
-def _openai_error(error: LadleError) -> Response:
+def _openai_error_body(error: LadleError) -> dict[str, Any]:
     kind = "invalid_request_error" if error.status < 500 else "server_error"
-    body = {
+    return {
         "error": {
             "message": error.message,
             "type": kind,
@@ -77,46 +74,99 @@ def _openai_error(error: LadleError) -> Response:
             "code": error.code,
         }
     }
-    headers = (
-        {"Retry-After": str(max(1, round(error.retry_after)))} if hasattr(error, "retry_after") else None
-    )
-    return json_response(body, error.status, headers)
 
 
-def _openai(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+def _openai(handler: Handler) -> Handler:
     """OpenAI's error body for every error of an OpenAI endpoint."""
 
-    async def wrapped(request: Request) -> Response:
+    async def wrapped(
+        model: str | None, version: str | None, body: bytes, headers: Mapping[str, str], cancel: CancelSignal
+    ) -> Reply:
         try:
-            return await handler(request)
+            return await handler(model, version, body, headers, cancel)
         except LadleError as exc:
-            return _openai_error(exc)
+            return exc.status, orjson.dumps(_openai_error_body(exc)), {**JSON_HEADERS, **error_headers(exc)}
 
     return wrapped
 
 
-async def _stream_events(
-    stream: GenerationStream, render: Callable[[GenerationChunk], list[bytes]]
-) -> AsyncIterator[bytes]:
-    """Server-sent events from a generation stream; an error mid-stream is sent as an event."""
+async def _events(
+    stream: AnswerStream, render: Render, error_body: Callable[[LadleError], Any]
+) -> AsyncGenerator[bytes, None]:
+    """Server-sent events of a generation; an error mid-stream is sent as an event."""
     try:
         async for chunk in stream:
             for event in render(chunk):
                 yield event
     except LadleError as exc:
-        yield _sse({"error": exc.to_dict()})
+        yield _sse(error_body(exc))
     finally:
         stream.abort()  # no-op when finished; frees the sequence when the client went away
     yield _DONE
 
 
-def _event_response(
-    stream: GenerationStream, render: Callable[[GenerationChunk], list[bytes]], headers: Mapping[str, str]
-) -> StreamingResponse:
-    """The ``text/event-stream`` response of a streamed generation."""
-    return StreamingResponse(
-        _stream_events(stream, render), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers}
-    )
+def _object(raw: bytes) -> dict[str, Any]:
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    return body
+
+
+def _prompt(value: Any) -> str | tuple[int, ...]:
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
+        value = value[0]  # OpenAI's batch-of-one form
+    if isinstance(value, str) or (
+        isinstance(value, list)
+        and value
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    ):
+        return value if isinstance(value, str) else tuple(value)
+    raise InvalidRequestError("'prompt' must be a string or a list of token ids", param="prompt")
+
+
+def _reject_unsupported(body: Mapping[str, Any]) -> None:
+    """400 for OpenAI features ladle does not serve, rather than silently ignoring them."""
+    for name in ("n", "best_of"):
+        if body.get(name) not in (None, 1):
+            raise InvalidRequestError(f"only {name} = 1 is supported", param=name)
+    for name in _UNSUPPORTED:
+        if body.get(name) not in (None, False, 0, []):
+            raise InvalidRequestError(f"{name} is not supported", param=name)
+
+
+def _openai_sampling(body: Mapping[str, Any]) -> SamplingParams:
+    fields = {key: body[key] for key in SamplingParams.FIELDS if key in body}
+    if body.get("max_completion_tokens") is not None:
+        fields["max_tokens"] = body["max_completion_tokens"]
+    return SamplingParams.from_mapping(fields)
+
+
+def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool]:
+    wanted = body.get("stream") or False
+    if not isinstance(wanted, bool):
+        raise InvalidRequestError("'stream' must be true or false", param="stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise InvalidRequestError("'stream_options' must be an object", param="stream_options")
+    return wanted, bool(options.get("include_usage", False))
+
+
+def _messages(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise InvalidRequestError("'messages' must be a non-empty list", param="messages")
+    messages = []
+    for message in value:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequestError("every message needs a string 'role'", param="messages")
+        content = message.get("content")
+        if isinstance(content, list):  # content parts: keep the text ones
+            content = "".join(
+                p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+            )
+        elif not isinstance(content, str):
+            raise InvalidRequestError("every message needs string 'content'", param="messages")
+        messages.append({**message, "content": content})
+    return messages
 
 
 def _openai_object(
@@ -140,62 +190,60 @@ def _openai_object(
     return data
 
 
-def _object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidRequestError("request body must be a JSON object")
-    return body
-
-
-_UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "suffix", "tools", "functions")
-
-
-def _reject_unsupported(body: Mapping[str, Any]) -> None:
-    """400 for OpenAI features ladle does not serve, rather than silently ignoring them."""
-    for name in ("n", "best_of"):
-        if body.get(name) not in (None, 1):
-            raise InvalidRequestError(f"only {name} = 1 is supported", param=name)
-    for name in _UNSUPPORTED:
-        if body.get(name) not in (None, False, 0, []):
-            raise InvalidRequestError(f"{name} is not supported", param=name)
-
-
-def _sampling(body: Mapping[str, Any]) -> SamplingParams:
-    fields = {key: body[key] for key in SamplingParams.FIELDS if key in body}
-    if "max_completion_tokens" in body and body["max_completion_tokens"] is not None:
-        fields["max_tokens"] = body["max_completion_tokens"]
-    return SamplingParams.from_mapping(fields)
-
-
-def routes(server: Server) -> list[BaseRoute]:
+def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
     manager = server.manager
-    limit = server.config.server.max_request_bytes
+    admission = manager.admission
     trace_context = server.trace_context
 
-    async def generate(request: Request) -> Response:
-        endpoint = manager.endpoint(request.path_params["model"])
-        body = _object(parse_json(await read_body(request, limit)))
+    def envelope(
+        model: str,
+        payload: GenerationPayload,
+        headers: Mapping[str, str],
+        params: Mapping[str, Any],
+        cancel: CancelSignal,
+        request_id: str,
+        protocol: str,
+    ) -> InferenceRequest:
+        try:
+            endpoint = manager.endpoint(model)
+        except ModelNotFoundError as exc:
+            exc.details["param"] = "model"
+            raise
+        context = RequestContext.parse(headers, params, trace_context)
+        version = params.get("version")
+        return InferenceRequest(
+            endpoint.name,
+            {},
+            version=str(version) if version is not None else None,
+            id=request_id,
+            deadline=context.deadline,
+            priority=context.priority,
+            routing_key=context.routing_key,
+            trace=context.trace,
+            generation=payload,
+            protocol=protocol,
+            cancel=cancel,
+        )
+
+    async def generate(
+        model: str | None, _: str | None, raw: bytes, headers: Mapping[str, str], cancel: CancelSignal
+    ) -> Reply:
+        assert model is not None
+        body = _object(raw)
         params = body.pop("params", None) or {}
-        if not isinstance(params, dict) or set(params) - {"version", "timeout_ms", "priority"}:
-            raise InvalidRequestError("'params' takes version, timeout_ms and priority", param="params")
-        prompt = body.pop("prompt", None)
-        if not isinstance(prompt, str) and not (
-            isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)
-        ):
-            raise InvalidRequestError("'prompt' must be a string or a list of token ids", param="prompt")
-        stream_wanted = body.pop("stream", False)
-        if not isinstance(stream_wanted, bool):
+        if not isinstance(params, dict) or set(params) - {"version", "timeout_ms", "priority", "routing_key"}:
+            raise InvalidRequestError(
+                "'params' takes version, timeout_ms, priority and routing_key", param="params"
+            )
+        prompt = _prompt(body.pop("prompt", None))
+        streaming = body.pop("stream", False)
+        if not isinstance(streaming, bool):
             raise InvalidRequestError("'stream' must be true or false", param="stream")
         body.pop("id", None)
-        sampling = SamplingParams.from_mapping(body)
-        version = str(params["version"]) if params.get("version") is not None else None
-        served, generator = _generator(endpoint, version)
-        context = RequestContext.parse(request.headers, params, endpoint.timeout, trace_context)
-        request_id = _new_id("gen")
-        stream = generator.generate(
-            prompt, sampling, priority=context.priority, request_id=request_id, deadline=context.deadline
-        )
-        headers = {VERSION_HEADER: served.version}
-        if stream_wanted:
+        payload = GenerationPayload(prompt=prompt, sampling=SamplingParams.from_mapping(body))
+        request = envelope(model, payload, headers, params, cancel, _new_id("gen"), "ladle")
+        if streaming:
+            stream = admission.stream(request)
 
             def render(chunk: GenerationChunk) -> list[bytes]:
                 events = []
@@ -207,166 +255,142 @@ def routes(server: Server) -> list[BaseRoute]:
                     )
                 return events
 
-            return _event_response(stream, render, headers)
-        try:
-            result = await stream.collect()
-        except LadleError as exc:
-            return error_response(exc, headers)
-        payload = {
-            "id": request_id,
-            "model": endpoint.name,
-            "version": served.version,
+            errors: Callable[[LadleError], Any] = lambda error: {"error": error.to_dict()}  # noqa: E731
+            return 200, _events(stream, render, errors), {**_SSE_HEADERS, **stream.headers()}
+        answer = await admission.infer(request)
+        result = answer.generation
+        assert result is not None
+        data = {
+            "id": request.id,
+            "model": answer.model,
+            "version": answer.version,
             "text": result.text,
             "token_ids": result.token_ids,
             "finish_reason": result.finish_reason,
             "usage": result.usage.to_dict(),
         }
-        return Response(orjson.dumps(payload), 200, headers, JSON)
+        return 200, orjson.dumps(data), {**JSON_HEADERS, **answer.headers()}
 
-    def _generators() -> list[tuple[ModelEndpoint, VersionEndpoint]]:
-        found = []
-        for endpoint in manager.models.values():
-            table = endpoint.table
-            served = endpoint.versions.get(table.latest) if table.versions else None
-            if served is not None and isinstance(served.batcher, TextGenerator):
-                found.append((endpoint, served))
-        return found
-
-    async def models(request: Request) -> Response:
-        data = [
-            {"id": endpoint.name, "object": "model", "created": int(served.loaded_at), "owned_by": "ladle"}
-            for endpoint, served in _generators()
-        ]
-        return json_response({"object": "list", "data": data})
-
-    def _target(body: Mapping[str, Any]) -> tuple[ModelEndpoint, VersionEndpoint, TextGenerator]:
+    def openai_request(
+        body: Mapping[str, Any],
+        payload: GenerationPayload,
+        headers: Mapping[str, str],
+        cancel: CancelSignal,
+        kind: str,
+    ) -> InferenceRequest:
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise InvalidRequestError("'model' must name a served model", param="model")
-        try:
-            endpoint = manager.endpoint(name)
-        except ModelNotFoundError as exc:
-            exc.details["param"] = "model"
-            raise
-        served, generator = _generator(endpoint, None)
-        return endpoint, served, generator
+        params: dict[str, Any] = {}
+        user = body.get("user")
+        if isinstance(user, str) and user and ROUTING_KEY_HEADER not in headers:
+            params["routing_key"] = user
+        return envelope(name, payload, headers, params, cancel, _new_id(kind), "openai")
 
-    def _stream_flag(body: Mapping[str, Any]) -> tuple[bool, bool]:
-        wanted = body.get("stream") or False
-        if not isinstance(wanted, bool):
-            raise InvalidRequestError("'stream' must be true or false", param="stream")
-        options = body.get("stream_options") or {}
-        if not isinstance(options, dict):
-            raise InvalidRequestError("'stream_options' must be an object", param="stream_options")
-        return wanted, bool(options.get("include_usage", False))
-
-    async def completions(request: Request) -> Response:
-        body = _object(parse_json(await read_body(request, limit)))
-        endpoint, served, generator = _target(body)
-        _reject_unsupported(body)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-            prompt = prompt[0]
-        if not isinstance(prompt, str) and not (
-            isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt)
-        ):
-            raise InvalidRequestError("'prompt' must be a string or a list of token ids", param="prompt")
-        sampling = _sampling(body)
-        streaming, include_usage = _stream_flag(body)
-        context = RequestContext.parse(request.headers, {}, endpoint.timeout, trace_context)
-        request_id = _new_id("cmpl")
+    async def answer_openai(
+        request: InferenceRequest,
+        streaming: bool,
+        render: Callable[[Callable[..., dict[str, Any]]], Render],
+        whole: Callable[[GenerationResult], dict[str, Any]],
+        kind: str,
+    ) -> Reply:
         created = int(time.time())
-        stream = generator.generate(
-            prompt, sampling, priority=context.priority, request_id=request_id, deadline=context.deadline
+        if streaming:
+            stream = admission.stream(request)
+            make = functools.partial(
+                _openai_object,
+                request.id,
+                f"{kind}.chunk" if kind == "chat.completion" else kind,
+                created,
+                stream.model,
+            )
+            return (
+                200,
+                _events(stream, render(make), _openai_error_body),
+                {**_SSE_HEADERS, **stream.headers()},
+            )
+        answer = await admission.infer(request)
+        assert answer.generation is not None
+        result = answer.generation
+        data = _openai_object(
+            request.id, kind, created, answer.model, [whole(result)], result.usage.to_dict()
         )
-        headers = {VERSION_HEADER: served.version}
+        return 200, orjson.dumps(data), {**JSON_HEADERS, **answer.headers()}
+
+    async def completions(
+        _: str | None, __: str | None, raw: bytes, headers: Mapping[str, str], cancel: CancelSignal
+    ) -> Reply:
+        body = _object(raw)
+        _reject_unsupported(body)
+        payload = GenerationPayload(prompt=_prompt(body.get("prompt")), sampling=_openai_sampling(body))
+        streaming, include_usage = _stream_flags(body)
+        request = openai_request(body, payload, headers, cancel, "cmpl")
 
         def choice(text: str, finish: str | None) -> dict[str, Any]:
             return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
 
-        envelope = functools.partial(_openai_object, request_id, "text_completion", created, endpoint.name)
-
-        if streaming:
-
-            def render(chunk: GenerationChunk) -> list[bytes]:
-                events = []
+        def render(make: Callable[..., dict[str, Any]]) -> Render:
+            def events(chunk: GenerationChunk) -> list[bytes]:
+                out = []
                 if chunk.text or chunk.finish_reason is not None:
-                    events.append(_sse(envelope([choice(chunk.text, chunk.finish_reason)])))
+                    out.append(_sse(make([choice(chunk.text, chunk.finish_reason)])))
                 if chunk.finish_reason is not None and include_usage:
-                    events.append(_sse(envelope([], chunk.usage.to_dict())))
-                return events
+                    out.append(_sse(make([], chunk.usage.to_dict())))
+                return out
 
-            return _event_response(stream, render, headers)
-        result = await stream.collect()
-        return json_response(
-            envelope([choice(result.text, result.finish_reason)], result.usage.to_dict()), 200, headers
+            return events
+
+        return await answer_openai(
+            request, streaming, render, lambda r: choice(r.text, r.finish_reason), "text_completion"
         )
 
-    async def chat_completions(request: Request) -> Response:
-        body = _object(parse_json(await read_body(request, limit)))
-        endpoint, served, generator = _target(body)
+    async def chat_completions(
+        _: str | None, __: str | None, raw: bytes, headers: Mapping[str, str], cancel: CancelSignal
+    ) -> Reply:
+        body = _object(raw)
         _reject_unsupported(body)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequestError("'messages' must be a non-empty list", param="messages")
-        for message in messages:
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise InvalidRequestError("every message needs a string 'role'", param="messages")
-            content = message.get("content")
-            if isinstance(content, list):  # content parts: keep the text ones
-                message["content"] = "".join(
-                    p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-                )
-            elif not isinstance(content, str):
-                raise InvalidRequestError("every message needs string 'content'", param="messages")
-        sampling = _sampling(body)
-        streaming, include_usage = _stream_flag(body)
-        prompt_ids = generator.tokenizer.encode_chat(messages)
-        context = RequestContext.parse(request.headers, {}, endpoint.timeout, trace_context)
-        request_id = _new_id("chatcmpl")
-        created = int(time.time())
-        stream = generator.generate(
-            prompt_ids,
-            sampling,
-            priority=context.priority,
-            request_id=request_id,
-            deadline=context.deadline,
-            add_special_tokens=False,
+        payload = GenerationPayload(
+            messages=tuple(_messages(body.get("messages"))), sampling=_openai_sampling(body)
         )
-        headers = {VERSION_HEADER: served.version}
+        streaming, include_usage = _stream_flags(body)
+        request = openai_request(body, payload, headers, cancel, "chatcmpl")
 
-        kind = "chat.completion.chunk" if streaming else "chat.completion"
-        envelope = functools.partial(_openai_object, request_id, kind, created, endpoint.name)
-
-        if streaming:
+        def render(make: Callable[..., dict[str, Any]]) -> Render:
             first = [True]
 
-            def render(chunk: GenerationChunk) -> list[bytes]:
-                events = []
+            def events(chunk: GenerationChunk) -> list[bytes]:
+                out = []
                 if first[0]:
                     first[0] = False
                     delta = {"role": "assistant", "content": ""}
-                    events.append(_sse(envelope([{"index": 0, "delta": delta, "finish_reason": None}])))
+                    out.append(_sse(make([{"index": 0, "delta": delta, "finish_reason": None}])))
                 if chunk.text:
-                    delta = {"content": chunk.text}
-                    events.append(_sse(envelope([{"index": 0, "delta": delta, "finish_reason": None}])))
-                if chunk.finish_reason is not None:
-                    events.append(
-                        _sse(envelope([{"index": 0, "delta": {}, "finish_reason": chunk.finish_reason}]))
+                    out.append(
+                        _sse(make([{"index": 0, "delta": {"content": chunk.text}, "finish_reason": None}]))
                     )
+                if chunk.finish_reason is not None:
+                    out.append(_sse(make([{"index": 0, "delta": {}, "finish_reason": chunk.finish_reason}])))
                     if include_usage:
-                        events.append(_sse(envelope([], chunk.usage.to_dict())))
-                return events
+                        out.append(_sse(make([], chunk.usage.to_dict())))
+                return out
 
-            return _event_response(stream, render, headers)
-        result = await stream.collect()
-        message = {"role": "assistant", "content": result.text}
-        choice = {"index": 0, "message": message, "finish_reason": result.finish_reason}
-        return json_response(envelope([choice], result.usage.to_dict()), 200, headers)
+            return events
 
-    return [
-        Route("/api/v1/models/{model}/generate", generate, methods=["POST"]),
-        Route("/v1/models", _openai(models), methods=["GET"]),
-        Route("/v1/completions", _openai(completions), methods=["POST"]),
-        Route("/v1/chat/completions", _openai(chat_completions), methods=["POST"]),
-    ]
+        def whole(result: GenerationResult) -> dict[str, Any]:
+            message = {"role": "assistant", "content": result.text}
+            return {"index": 0, "message": message, "finish_reason": result.finish_reason}
+
+        return await answer_openai(request, streaming, render, whole, "chat.completion")
+
+    async def models(request: Request) -> Response:
+        data = [
+            {"id": endpoint.name, "object": "model", "created": int(served.loaded_at), "owned_by": "ladle"}
+            for endpoint in manager.models.values()
+            if (served := endpoint.latest()) is not None and served.generates
+        ]
+        return json_response({"object": "list", "data": data})
+
+    fast_routes.add("/api/v1/models/{model}/generate", generate)
+    fast_routes.add("/v1/completions", _openai(completions))
+    fast_routes.add("/v1/chat/completions", _openai(chat_completions))
+    return [Route("/v1/models", models, methods=["GET"])]

@@ -21,18 +21,14 @@ from typing import Any
 
 import numpy as np
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
-from ..envelope import Arrays, InferenceRequest
+from ..envelope import Arrays, CancelSignal, InferenceRequest
 from ..errors import InvalidRequestError
+from ..request_context import RequestContext
 from ..server import Server
 from ..serving import ModelEndpoint
 from ..tensors import Signature, numpy_dtype
-from .fast_path import JSON_HEADERS, FastRoutes, Reply
-from .request_context import RequestContext, answer
-from .responses import read_body
+from .fast_path import FastRoutes, Reply, json_answer_headers
 from .v2_codec import parse_json
 
 __all__ = ["records_to_arrays", "routes"]
@@ -90,19 +86,19 @@ def _records(outputs: Arrays, rows: int) -> list[dict[str, Any]]:
     return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
 
 
-def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
+def routes(server: Server, fast_routes: FastRoutes) -> None:
     manager = server.manager
-    limit = server.config.server.max_request_bytes
+    admission = manager.admission
     trace_context = server.trace_context
 
     def _signature(endpoint: ModelEndpoint, version: str | None) -> Signature | None:
-        if version is not None:
-            return endpoint.version(version).signature
-        table = endpoint.table
-        chosen = endpoint.versions.get(table.latest) if table.versions else None
+        chosen = endpoint.loaded(version) if version is not None else endpoint.latest()
         return chosen.signature if chosen is not None else None
 
-    async def predict(model: str, _: str | None, raw: bytes, headers: Mapping[str, str]) -> Reply:
+    async def predict(
+        model: str | None, _: str | None, raw: bytes, headers: Mapping[str, str], cancel: CancelSignal
+    ) -> Reply:
+        assert model is not None
         endpoint = manager.endpoint(model)
         body = parse_json(raw)
         if not isinstance(body, dict):
@@ -122,8 +118,8 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
         if version is not None:
             version = str(version)
         arrays = records_to_arrays(records, _signature(endpoint, version))
-        context = RequestContext.parse(headers, params, endpoint.timeout, trace_context)
-        envelope = InferenceRequest(
+        context = RequestContext.parse(headers, params, trace_context)
+        request = InferenceRequest(
             endpoint.name,
             arrays,
             version=version,
@@ -133,21 +129,16 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
             routing_key=context.routing_key,
             trace=context.trace,
             rows=len(records),
+            protocol="ladle",
+            cancel=cancel,
         )
-        outputs, version_name, model_name, extra = await answer(endpoint, envelope)
+        answer = await admission.infer(request)
         payload = {
-            "id": envelope.id,
-            "model": model_name or endpoint.name,
-            "version": version_name,
-            "outputs": _records(outputs, envelope.rows),
+            "id": request.id,
+            "model": answer.model,
+            "version": answer.version,
+            "outputs": _records(answer.outputs, request.rows),
         }
-        return 200, orjson.dumps(payload), {**JSON_HEADERS, **extra}
-
-    async def predict_route(request: Request) -> Response:
-        status, content, headers = await predict(
-            request.path_params["model"], None, await read_body(request, limit), request.headers
-        )
-        return Response(content, status, headers)
+        return 200, orjson.dumps(payload), json_answer_headers(answer)
 
     fast_routes.add("/api/v1/models/{model}/predict", predict)
-    return [Route("/api/v1/models/{model}/predict", predict_route, methods=["POST"])]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import LadleError, PayloadTooLargeError
+from ..errors import LadleError
 
-__all__ = ["JSON", "error_headers", "error_response", "json_response", "read_body"]
+__all__ = ["JSON", "error_headers", "error_response", "json_response"]
 
 JSON = "application/json"
 
@@ -26,21 +26,7 @@ def error_response(error: LadleError, headers: dict[str, str] | None = None) -> 
 
 def error_headers(error: LadleError) -> dict[str, str]:
     """The headers an error response carries: the error's own, and ``Retry-After`` when it has one."""
-    headers = dict(getattr(error, "headers", None) or {})
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(retry_after)))
+    headers = dict(error.headers)
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return headers
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) more than ``limit`` bytes."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLargeError(
-            f"request body of {length} bytes exceeds the limit of {limit}", limit=limit
-        )
-    body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes", limit=limit)
-    return body

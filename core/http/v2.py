@@ -9,13 +9,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..envelope import InferenceRequest
+from ..envelope import CancelSignal, InferenceRequest
 from ..errors import InvalidRequestError
+from ..request_context import RequestContext
 from ..server import Server
 from ..serving import ModelEndpoint, VersionEndpoint
-from .fast_path import JSON_HEADERS, FastRoutes, Reply
-from .request_context import RequestContext, answer
-from .responses import JSON, json_response, read_body
+from .fast_path import FastRoutes, Reply, json_answer_headers
+from .responses import JSON, json_response
 from .v2_codec import HEADER_LENGTH, decode_request, encode_response
 
 __all__ = ["routes"]
@@ -24,9 +24,7 @@ _READY = b'{"ready":true}'
 
 
 def _metadata(endpoint: ModelEndpoint, version: VersionEndpoint | None) -> dict[str, Any]:
-    chosen = version
-    if chosen is None and endpoint.table.versions:
-        chosen = endpoint.versions.get(endpoint.table.latest)
+    chosen = version if version is not None else endpoint.latest()
     signature = chosen.signature if chosen is not None else None
     return {
         "name": endpoint.name,
@@ -39,7 +37,8 @@ def _metadata(endpoint: ModelEndpoint, version: VersionEndpoint | None) -> dict[
 
 def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
     manager = server.manager
-    limit = server.config.server.max_request_bytes
+    served = manager.models
+    admission = manager.admission
     trace_context = server.trace_context
 
     async def live(request: Request) -> Response:
@@ -53,12 +52,12 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
     async def model_metadata(request: Request) -> Response:
         endpoint = manager.endpoint(request.path_params["model"])
         version = request.path_params.get("version")
-        return json_response(_metadata(endpoint, endpoint.version(version) if version else None))
+        return json_response(_metadata(endpoint, endpoint.loaded(version) if version else None))
 
     async def model_ready(request: Request) -> Response:
         endpoint = manager.endpoint(request.path_params["model"])
         version = request.path_params.get("version")
-        is_ready = endpoint.version(version).ready if version else endpoint.ready
+        is_ready = endpoint.loaded(version).ready if version else endpoint.ready
         body = {"name": endpoint.name, "ready": is_ready}
         return json_response(body, 200 if is_ready else 503)
 
@@ -75,9 +74,13 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
             }
         )
 
-    async def infer(model: str, version: str | None, body: bytes, headers: Mapping[str, str]) -> Reply:
+    async def infer(
+        model: str | None, version: str | None, body: bytes, headers: Mapping[str, str], cancel: CancelSignal
+    ) -> Reply:
         """V2 inference on a raw body; raises ``LadleError`` for anything the client got wrong."""
-        endpoint = manager.endpoint(model)
+        assert model is not None
+        if model not in served:
+            manager.endpoint(model)  # 404 naming the served models, before the body is looked at
         length = headers.get(HEADER_LENGTH)
         header_length = None
         if length is not None:
@@ -87,9 +90,9 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
                 )
             header_length = int(length)
         decoded = decode_request(body, header_length)
-        context = RequestContext.parse(headers, decoded.parameters, endpoint.timeout, trace_context)
-        envelope = InferenceRequest(
-            endpoint.name,
+        context = RequestContext.parse(headers, decoded.parameters, trace_context)
+        request = InferenceRequest(
+            model,
             decoded.inputs,
             version=version,
             id=decoded.id,
@@ -100,29 +103,20 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
             trace=context.trace,
             outputs=decoded.outputs,
             rows=decoded.rows,
+            protocol="v2",
+            cancel=cancel,
         )
-        outputs, version_name, model_name, extra = await answer(endpoint, envelope)
+        answer = await admission.infer(request)
         content, json_length = encode_response(
-            model_name or endpoint.name,
-            version_name,
-            decoded.id,
-            outputs,
-            decoded.outputs,
-            decoded.binary_outputs,
+            answer.model, answer.version, decoded.id, answer.outputs, decoded.outputs, decoded.binary_outputs
         )
         if json_length is None:
-            return 200, content, JSON_HEADERS if model_name is None else {**JSON_HEADERS, **extra}
+            return 200, content, json_answer_headers(answer)
         binary = {
             "content-type": "application/octet-stream",
             "inference-header-content-length": str(json_length),
         }
-        return 200, content, {**binary, **extra}
-
-    async def infer_route(request: Request) -> Response:
-        body = await read_body(request, limit)
-        params = request.path_params
-        status, content, headers = await infer(params["model"], params.get("version"), body, request.headers)
-        return Response(content, status, headers)
+        return 200, content, {**binary, **answer.headers()}
 
     fast_routes.add("/v2/models/{model}/infer", infer)
     fast_routes.add("/v2/models/{model}/versions/{version}/infer", infer)
@@ -133,8 +127,6 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
         Route("/v2/models/{model}", model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/config", model_config, methods=["GET"]),
         Route("/v2/models/{model}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{model}/infer", infer_route, methods=["POST"]),
         Route("/v2/models/{model}/versions/{version}", model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{model}/versions/{version}/infer", infer_route, methods=["POST"]),
     ]

@@ -7,7 +7,8 @@ full buffer drops new records and counts them (``dropped``). The schema is versi
 
 Table ``inference_logs``: ``id``, ``ts`` (Unix seconds), ``request_id``, ``model``, ``version``,
 ``latency`` (seconds, arrival to end of batch), ``status`` (``ok`` or the error code),
-``trace_id`` (when traced), ``inputs`` and ``outputs`` (JSON, only when enabled).
+``trace_id`` (when traced), ``inputs`` and ``outputs`` (JSON, only when enabled), ``arm`` (the
+experiment arm that served the request, when the model's router names arms).
 """
 
 from __future__ import annotations
@@ -48,15 +49,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE inference_logs ADD COLUMN inputs TEXT",
         "ALTER TABLE inference_logs ADD COLUMN outputs TEXT",
     ),
+    ("ALTER TABLE inference_logs ADD COLUMN arm TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _INSERT = (
-    "INSERT INTO inference_logs (ts, request_id, model, version, latency, status, trace_id, inputs, outputs) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO inference_logs (ts, request_id, model, version, latency, status, trace_id, inputs, outputs, "
+    "arm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-#: A buffered record: (ts, request id, model, version, latency, status, trace id, inputs, outputs).
-Record = tuple[float, str, str, str, float | None, str, str | None, Any, Any]
+#: A buffered record: (ts, request id, model, version, latency, status, trace id, inputs, outputs, arm).
+Record = tuple[float, str, str, str, float | None, str, str | None, Any, Any, str | None]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -190,6 +192,7 @@ class InferenceLog:
                     trace.trace_id if trace is not None and trace.sampled else None,
                     request.inputs if self.inputs else None,
                     outputs[index] if self.outputs and outputs is not None else None,
+                    request.arm,
                 )
             )
         if len(self._buffer) * 2 >= self.capacity:
@@ -229,7 +232,7 @@ class InferenceLog:
             rows: list[tuple[Any, ...]] = []
             while self._buffer and len(rows) < 1000:
                 record = self._buffer.popleft()
-                rows.append((*record[:7], _json(record[7]), _json(record[8])))
+                rows.append((*record[:7], _json(record[7]), _json(record[8]), record[9]))
             try:
                 connection.execute("BEGIN")
                 connection.executemany(_INSERT, rows)

@@ -57,6 +57,9 @@ BATCH_REQUESTS = "ladle.batch.requests"
 QUEUE_DEPTH = "ladle.queue.depth"
 ACTIVE_BATCHES = "ladle.active_batches"
 INSTANCE_COUNT = "ladle.instance.count"
+RESPONSES = "ladle.responses"
+ATTR_PROTOCOL = "ladle.protocol"
+ATTR_STATUS = "http.response.status_code"
 
 _ROW_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 _GAUGES = {"queue_depth": QUEUE_DEPTH, "in_flight": ACTIVE_BATCHES, "instances": INSTANCE_COUNT}
@@ -312,6 +315,7 @@ class VersionStats:
 
     __slots__ = (
         "_failures",
+        "_ok",
         "_registry",
         "_shared",
         "batch_duration",
@@ -341,6 +345,7 @@ class VersionStats:
         self.batch_rows = registry.batch_size.get(self.key, clock=clock)
         self.batch_requests = registry.batch_requests.get(self.key, clock=clock)
         self._failures: dict[str, WindowedCounter] = {}
+        self._ok: dict[str, WindowedCounter] = {}
         # a series someone recorded into before this version was set up keeps its own clock
         self._shared = all(
             series.clock is clock
@@ -353,6 +358,16 @@ class VersionStats:
                 self.batch_requests,
             )
         )
+
+    def ok(self, protocol: str) -> WindowedCounter:
+        """The counter of answers (status 200) by ``protocol`` that this version computed."""
+        counter = self._ok.get(protocol)
+        if counter is None:
+            attributes = {ATTR_PROTOCOL: protocol or "in-process", ATTR_STATUS: "200"}
+            key = version_attributes(self.model, self.version, attributes)
+            counter = self._registry.responses.get(key, clock=self.clock)
+            self._ok[protocol] = counter
+        return counter
 
     def failed(self, code: str) -> WindowedCounter:
         """The counter of requests that ended with error ``code``."""
@@ -393,6 +408,12 @@ class VersionStats:
         ok = errors.count(None)
         if ok:
             self.succeeded.add_at(index, ok)
+            if count == 1:
+                self.ok(requests[0].protocol).add_at(index, 1)
+            else:
+                for request, code in zip(requests, errors, strict=True):
+                    if code is None:
+                        self.ok(request.protocol).add_at(index, 1)
         if ok != count:
             for code in errors:
                 if code is not None:
@@ -406,8 +427,12 @@ class VersionStats:
         self.batch_duration.observe(finished - started, finished)
         self.batch_rows.observe(sum(r.rows for r in requests), finished)
         self.batch_requests.observe(len(requests), finished)
-        for code in errors:
-            (self.succeeded if code is None else self.failed(code)).add(1, finished)
+        for request, code in zip(requests, errors, strict=True):
+            if code is None:
+                self.succeeded.add(1, finished)
+                self.ok(request.protocol).add(1, finished)
+            else:
+                self.failed(code).add(1, finished)
 
     def record_dropped(self, count: int, code: str, now: float) -> None:
         self.failed(code).add(count, now)
@@ -496,6 +521,11 @@ class StatsRegistry:
         )
         self.active_batches = self.gauge_family(ACTIVE_BATCHES, "{batch}", "Batches running on instances")
         self.instance_count = self.gauge_family(INSTANCE_COUNT, "{instance}", "Ready instances")
+        self.responses = self.counter_family(
+            RESPONSES,
+            "{response}",
+            "Every answer, refused ones included, by model, version, protocol and status code",
+        )
 
     # families ------------------------------------------------------------------------------------
 

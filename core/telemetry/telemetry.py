@@ -19,8 +19,8 @@ from .inference_log import InferenceLog
 from .observer import VersionObserver
 from .quality import InputChecks, QualityMonitor, TensorReference, load_reference
 from .resources import ResourceMonitor
-from .series import DEFAULT_LATENCY_BOUNDS
-from .stats import StatsDelta, StatsRegistry, finite_or_none
+from .series import DEFAULT_LATENCY_BOUNDS, WindowedCounter
+from .stats import ATTR_PROTOCOL, ATTR_STATUS, StatsDelta, StatsRegistry, finite_or_none, version_attributes
 from .tracing import SpanEmitter, TraceSampler
 
 if TYPE_CHECKING:
@@ -70,6 +70,8 @@ class Telemetry:
         if config.logs.enabled:
             self.logs = self._logs()
         self._checks: dict[tuple[str, str], InputChecks] = {}
+        self.responses = self.stats.responses
+        self._answered: dict[tuple[str, str, str, int], WindowedCounter] = {}
 
     @classmethod
     def from_server_config(cls, server: ServerConfig, **kwargs: Any) -> Telemetry:
@@ -188,6 +190,31 @@ class Telemetry:
             logs=self.logs,
         )
 
+    def answered(self, request: InferenceRequest, version: str | None, status: int) -> None:
+        """Count one answer no batch reported (matches ``ladle.admission.AnswerListener``):
+        refusals (404 before routing, 4xx checks, 503 shed, 499 for clients that left, 504 for
+        deadlines), failures, and answers from a cache or a static fallback. Answers a batch
+        computed are counted by the batch observer."""
+        key = (request.model, version or "", request.protocol, status)
+        series = self._answered.get(key)
+        if series is None:
+            attributes = {ATTR_PROTOCOL: request.protocol or "in-process", ATTR_STATUS: str(status)}
+            series = self._answered[key] = self.responses.get(
+                version_attributes(request.model, version or "", attributes)
+            )
+        series.add(1, time.monotonic())
+
+    def responses_by_status(self, model: str, version: str, seconds: float) -> dict[str, int]:
+        """Answers of one version over the last ``seconds``, by status code (all protocols)."""
+        now = time.monotonic()
+        prefix = version_attributes(model, version)
+        counts: dict[str, int] = {}
+        for key, series in list(self.responses.series.items()):
+            if key[: len(prefix)] == prefix:
+                status = dict(key).get(ATTR_STATUS, "")
+                counts[status] = counts.get(status, 0) + int(series.window(seconds, now))
+        return {k: n for k, n in sorted(counts.items()) if n}
+
     def version_ready(
         self,
         model: str,
@@ -215,6 +242,8 @@ class Telemetry:
     def version_removed(self, model: str, version: str) -> None:
         """Forget a version: its series leave the exports."""
         self.stats.remove(model, version)
+        for key in [k for k in self._answered if k[0] == model and k[1] == version]:
+            del self._answered[key]
         self._checks.pop((model, version), None)
         if self.quality is not None:
             self.quality.remove(model, version)
@@ -247,6 +276,7 @@ class Telemetry:
         versions = []
         for window in self.stats.windows(seconds):
             entry = {k: finite_or_none(v) if isinstance(v, float) else v for k, v in window.to_dict().items()}
+            entry["responses_by_status"] = self.responses_by_status(window.model, window.version, seconds)
             if self.quality is not None:
                 drift = {
                     k: v

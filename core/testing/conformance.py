@@ -54,9 +54,9 @@ from ..errors import (
     ModelNotReadyError,
     RequestCancelledError,
 )
-from ..execution import ItemResult
+from ..executors import ItemResult, make_executor
 from ..hookspecs import hookimpl
-from ..instance import Instance, make_executor
+from ..instance import Instance
 from ..plugin_host import PluginHost, Register
 from ..runtime import InstanceState, Runtime, RuntimeSpec
 from ..tensors import Signature, TensorSpec, datatype_of

@@ -111,10 +111,9 @@ class RecordingRuntime(Runtime):
 
 
 class PaddingRuntime(RecordingRuntime):
-    """The same, declaring that requests of different shapes may share a (zero-padded) batch."""
+    """The same, registered as taking zero-padded batches of requests of different shapes."""
 
     name = "padding"
-    pads = True
 
 
 class CrashingExecutor(ThreadExecutor):
@@ -132,7 +131,7 @@ class _TestPlugin:
     @hookimpl
     def register_runtimes(self, register: Any) -> None:
         register("recording", RecordingRuntime)
-        register("padding", PaddingRuntime)
+        register("padding", PaddingRuntime, capabilities={"pads": True})
 
 
 def make_host() -> PluginHost:

@@ -1,4 +1,4 @@
-"""Behaviour both built-in batchers share (ladle.plugins.batchers.dynamic.queueing): admission, deadlines,
+"""Behaviour both built-in batchers share (ladle.QueueingBatcher): admission, deadlines,
 cancellation, error isolation, instance failure, draining and the observer."""
 
 from __future__ import annotations

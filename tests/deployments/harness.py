@@ -32,10 +32,12 @@ from typing import Any, ParamSpec
 import numpy as np
 
 from ladle import (
+    Answer,
     Arrays,
     Batch,
     InferenceRequest,
     LadleError,
+    Pending,
     PluginHost,
     Runtime,
     Signature,
@@ -115,15 +117,32 @@ def make_config(
 async def serving(
     config: ServerConfig, host: PluginHost | None = None
 ) -> AsyncIterator[tuple[ModelManager, DeploymentController]]:
-    """A started manager and controller; both closed on exit."""
+    """A started manager and controller; both closed on exit. ``predict`` and ``Load`` send through
+    this manager's admission pipeline while it serves."""
     manager = ModelManager(config, host or make_host())
+    _SERVING.append(manager)
     controller = DeploymentController(manager)
     await controller.start()
     try:
         yield manager, controller
     finally:
+        _SERVING.remove(manager)
         await controller.close()
         await manager.close(5.0)
+
+
+#: The managers ``serving`` has started and not yet closed (the innermost last).
+_SERVING: list[ModelManager] = []
+
+
+def admit(request: InferenceRequest) -> Pending:
+    """Route, check and queue a request through the serving manager's admission pipeline."""
+    return _SERVING[-1].admission.admit(request)
+
+
+async def answer(request: InferenceRequest) -> Answer:
+    """The whole answer of a request through the serving manager's admission pipeline."""
+    return await _SERVING[-1].admission.infer(request)
 
 
 def run_async(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
@@ -141,12 +160,11 @@ def rows(n: int = 1, seed: int | None = None) -> np.ndarray:
     return rng.normal(0.0, 1.0, size=(n, 4)).astype(np.float32)
 
 
-async def predict(endpoint: ModelEndpoint, x: np.ndarray, key: str | None = None) -> tuple[str, Arrays]:
-    """Submit one request; the version that served it and its outputs (raises its error)."""
+async def predict(endpoint: ModelEndpoint, x: np.ndarray, key: str | None = None) -> tuple[str, Answer]:
+    """Send one request; the version that served it and the answer (raises its error)."""
     request = InferenceRequest(endpoint.name, {"x": x}, routing_key=key, deadline=time.monotonic() + 10.0)
-    served, future = endpoint.submit(request)
-    outputs = await future
-    return getattr(outputs, "version", None) or served.version, outputs
+    result = await answer(request)
+    return result.version, result
 
 
 @dataclass
@@ -180,12 +198,11 @@ class Load:
                 self.endpoint.name, {"x": x}, routing_key=key, deadline=time.monotonic() + 10.0
             )
             try:
-                served, future = self.endpoint.submit(request)
-                outputs = await future
+                result = await answer(request)
             except LadleError as exc:
                 self.failures.append(f"{type(exc).__name__}: {exc.message}")
                 continue
-            version = getattr(outputs, "version", None) or served.version
+            version, outputs = result.version, result.outputs
             self.served[version] += 1
             self.ids[request.id] = version
             if self.on_result is not None:

@@ -13,10 +13,20 @@ import numpy as np
 import pytest
 
 from ladle import InferenceRequest, Priority, RuntimeFailureError, ServerBusyError
-from ladle.deployments.delivery import ServedOutputs
 from ladle.serving import ModelEndpoint
 
-from .harness import BEHAVIOUR, CALLS, make_config, predict, rows, run_async, serving, write_version
+from .harness import (
+    BEHAVIOUR,
+    CALLS,
+    admit,
+    answer,
+    make_config,
+    predict,
+    rows,
+    run_async,
+    serving,
+    write_version,
+)
 
 
 def summing_to(total: float) -> np.ndarray:
@@ -61,10 +71,10 @@ async def test_shadow_copies_are_compared_and_never_returned(repo: Path, tmp_pat
         shadow_batcher.submit = recording  # type: ignore[method-assign]
         totals = [-0.2, 2.0] * 20  # scores 0.45 (label flips when shifted) and 0.88 (stays)
         for total in totals:
-            version, outputs = await predict(endpoint, summing_to(total))
-            assert version == "v1"
-            assert outputs["score"][0] == pytest.approx(sigmoid(total), abs=1e-6)  # never the shadow's
-        mirror = endpoint.delivery.mirror if endpoint.delivery else None
+            version, answer = await predict(endpoint, summing_to(total))
+            assert version == "v1" and answer.source == "model"
+            assert answer.outputs["score"][0] == pytest.approx(sigmoid(total), abs=1e-6)  # never the shadow's
+        mirror = controller.deliveries["fraud"].mirror
         assert mirror is not None
         await until(lambda: mirror.stats.get("v2") is not None and mirror.stats["v2"].compared == len(totals))
         figures = (await controller.describe("fraud"))["delivery"]["shadow"]
@@ -85,7 +95,7 @@ async def test_a_full_shadow_queue_drops_copies_not_requests(repo: Path, tmp_pat
         endpoint = manager.endpoint("fraud")
         results = await asyncio.gather(*(predict(endpoint, rows(1)) for _ in range(30)))
         assert {version for version, _ in results} == {"v1"}
-        mirror = endpoint.delivery.mirror if endpoint.delivery else None
+        mirror = controller.deliveries["fraud"].mirror
         assert mirror is not None and mirror.dropped > 0
         await until(lambda: mirror.stats["v2"].compared + mirror.dropped == mirror.offered)
 
@@ -100,18 +110,18 @@ async def test_cascade_sends_only_unsure_requests_to_the_large_model(repo: Path,
         endpoint = manager.endpoint("fraud")
         before = CALLS.copy()
         version, sure = await predict(endpoint, summing_to(3.0))  # 0.95: the small model is sure
-        assert version == "v1" and not isinstance(sure, ServedOutputs)
+        assert version == "v1" and sure.source == "model"
         version, unsure = await predict(endpoint, summing_to(0.2))  # 0.55: within the band
         assert version == "v2"
-        assert isinstance(unsure, ServedOutputs) and (unsure.source, unsure.reason) == ("cascade", "unsure")
+        assert (unsure.source, unsure.reason) == ("cascade", "unsure")
         assert CALLS[("fraud", "v1")] - before[("fraud", "v1")] == 2
         assert CALLS[("fraud", "v2")] - before[("fraud", "v2")] == 1
         # the large one may be another model
         other = {"name": "cascade", "small": "v1", "large": "big:1"}
         await controller.deploy("fraud", "v1", traffic=100, options={"router": other})
         _, answer = await predict(endpoint, summing_to(0.2))
-        assert isinstance(answer, ServedOutputs) and (answer.model, answer.version) == ("big", "1")
-        assert answer["score"][0] == pytest.approx(sigmoid(0.2) + 0.01, abs=1e-6)
+        assert (answer.model, answer.version, answer.source) == ("big", "1", "cascade")
+        assert answer.outputs["score"][0] == pytest.approx(sigmoid(0.2) + 0.01, abs=1e-6)
 
 
 def set_behaviour(repo: Path, version: str, **behaviour: Any) -> None:
@@ -120,10 +130,10 @@ def set_behaviour(repo: Path, version: str, **behaviour: Any) -> None:
 
 async def outcome(endpoint: ModelEndpoint) -> tuple[str, str]:
     try:
-        version, outputs = await predict(endpoint, rows(1))
+        version, answer = await predict(endpoint, rows(1))
     except RuntimeFailureError:
         return "error", ""
-    return version, getattr(outputs, "source", "")
+    return version, "" if answer.source == "model" else answer.source
 
 
 @run_async
@@ -155,21 +165,22 @@ async def test_an_overloaded_version_falls_back_to_a_static_response(repo: Path,
     models = {
         "fraud": {"instances": 1, "batcher": {"name": "dynamic", "max_queue_size": 1, "max_batch_size": 2}}
     }
-    async with serving(make_config(repo, tmp_path / "d.db", models)) as (manager, controller):
-        endpoint = manager.endpoint("fraud")
+    async with serving(make_config(repo, tmp_path / "d.db", models)) as (_, controller):
         requests = [InferenceRequest("fraud", {"x": rows(2)}) for _ in range(5)]
         with pytest.raises(ServerBusyError):
             for request in requests:
-                endpoint.submit(request)
+                admit(request)
         await asyncio.sleep(0.5)
         resilience = {"fallback": [{"static": {"score": [0.5]}}]}
         await controller.deploy("fraud", "v1", options={"resilience": resilience})
-        futures = [endpoint.submit(InferenceRequest("fraud", {"x": rows(2)}))[1] for _ in range(5)]
-        answers = await asyncio.gather(*futures)
-        static = [a for a in answers if isinstance(a, ServedOutputs)]
+        answers = await asyncio.gather(*(answer(InferenceRequest("fraud", {"x": rows(2)})) for _ in range(5)))
+        static = [a for a in answers if a.source != "model"]
         assert len(static) == 3  # one runs, one queues, three are shed and answered statically
-        assert all((a.source, a.reason, a.version) == ("fallback:static", "overloaded", None) for a in static)
-        assert static[0]["score"].tolist() == [0.5, 0.5]  # one row per input row
+        assert all(
+            (a.source, a.reason, a.version) == ("fallback:static", "overloaded", "fallback") for a in static
+        )
+        assert static[0].outputs["score"].tolist() == [0.5, 0.5]  # one row per input row
+        assert static[0].outputs["score"].dtype == np.float32  # the model's own datatype
         assert (await controller.describe("fraud"))["delivery"]["fallbacks"] == {"overloaded:static": 3}
 
 
@@ -181,15 +192,15 @@ async def test_identical_inputs_are_answered_from_the_cache(repo: Path, tmp_path
         )
         endpoint = manager.endpoint("fraud")
         x = rows(1, seed=3)
-        first = (await predict(endpoint, x))[1]
+        first = (await predict(endpoint, x))[1].outputs
         computed = CALLS[("fraud", "v1")]
         version, second = await predict(endpoint, x.copy())
-        assert isinstance(second, ServedOutputs) and second.source == "cache" and version == "v1"
-        assert second["score"].tolist() == first["score"].tolist()
+        assert second.source == "cache" and version == "v1"
+        assert second.outputs["score"].tolist() == first["score"].tolist()
         assert CALLS[("fraud", "v1")] == computed  # not computed again
         await predict(endpoint, rows(1, seed=4))
         assert CALLS[("fraud", "v1")] == computed + 1
         write_version(repo, "fraud", "v2")
         await controller.deploy("fraud", "v2")  # a traffic change forgets cached answers
         version, third = await predict(endpoint, x)
-        assert version == "v2" and not isinstance(third, ServedOutputs)
+        assert version == "v2" and third.source == "model"

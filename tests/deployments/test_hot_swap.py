@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ladle import InferenceRequest
 
-from .harness import Load, make_config, rows, run_async, serving, write_version
+from .harness import Load, answer, make_config, rows, run_async, serving, write_version
 
 DELAY = 0.004  # seconds per batch: one instance, one row per batch -> at most ~250 requests/s
 
@@ -22,7 +22,7 @@ async def capacity(endpoint, seconds: float = 0.6) -> float:  # type: ignore[no-
         nonlocal done
         while time.monotonic() < stop:
             request = InferenceRequest(endpoint.name, {"x": rows(1)}, deadline=time.monotonic() + 10)
-            await endpoint.submit(request)[1]
+            await answer(request)
             done += 1
 
     await asyncio.gather(*(client() for _ in range(8)))

@@ -56,7 +56,7 @@ async def test_a_healthy_canary_steps_up_and_is_promoted(repo: Path, tmp_path: P
         assert splits[-3:] == [{"v1": 80.0, "v2": 20.0}, {"v1": 50.0, "v2": 50.0}, {"v2": 100.0}]
         kinds = [e["kind"] for e in state["history"]["events"]]
         assert kinds[0] == "promoted" and "rollout_step" in kinds
-        assert manager.endpoint("fraud").delivery is None  # nothing watches any more: plain data path
+        assert manager.endpoint("fraud").stages == ()  # nothing watches any more: plain data path
 
 
 @pytest.mark.parametrize(
@@ -135,7 +135,7 @@ async def test_a_restart_resumes_a_running_rollout(repo: Path, tmp_path: Path) -
         # an operator's rollback ends it
         state = await controller.rollback("fraud")
         assert state["traffic"] == {"v1": 100.0} and state["rollout"]["state"] == "rolled_back"
-        assert manager.endpoint("fraud").delivery is None
+        assert manager.endpoint("fraud").stages == ()
 
 
 @run_async

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from ladle import ConfigError, InferenceRequest, InvalidRequestError, Route, RoutingTable, Target
-from ladle.deployments.split import BUCKETS, WeightedSplit, normalise_weights, stable_bucket
 from ladle.plugins.routers.ab.router import ABRouter
 from ladle.plugins.routers.blue_green.router import BlueGreenRouter
 from ladle.plugins.routers.canary.router import CanaryRouter
 from ladle.plugins.routers.cascade.router import CascadeRouter
 from ladle.plugins.routers.shadow.router import ShadowRouter
+from ladle.splits import BUCKETS, WeightedSplit, normalise_weights, stable_bucket
 
 from .harness import make_host
 
@@ -41,10 +41,7 @@ def test_every_router_is_registered_by_its_plugin() -> None:
 
 def test_the_bucket_of_a_key_is_the_same_in_another_process() -> None:
     # Python's hash() is salted per process; the router's hash must not be.
-    code = (
-        "from ladle.deployments.split import stable_bucket; "
-        "print([stable_bucket(f'k{i}') for i in range(50)])"
-    )
+    code = "from ladle.splits import stable_bucket; print([stable_bucket(f'k{i}') for i in range(50)])"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == str([stable_bucket(f"k{i}") for i in range(50)])
     assert all(0 <= stable_bucket(f"k{i}") < BUCKETS for i in range(1000))
@@ -70,7 +67,7 @@ def test_keyless_requests_are_drawn_in_runs_that_follow_the_weights() -> None:
 
 
 def test_a_run_ends_after_run_ms(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ladle.deployments.split as split_module
+    import ladle.splits as split_module
 
     now = [100.0]
     monkeypatch.setattr(split_module.time, "monotonic", lambda: now[0])

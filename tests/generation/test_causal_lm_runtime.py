@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from ladle import PluginHost
 from ladle.errors import ConfigError, InvalidRequestError
 from ladle.generation import SamplingParams, StepItem, StepRuntime
 from ladle.plugins.runtimes.causal_lm import detect
+from ladle.plugins.runtimes.causal_lm import runtime as causal_lm_runtime
+from ladle.plugins.runtimes.causal_lm.grouping import length_groups
 from ladle.testing.lm import gpt2_config, llama_config, write_checkpoint
 
 from .support import assert_same_greedy, generate_alone, load_runtime, logits, margins
@@ -76,6 +80,71 @@ def test_chunked_prefill_and_decode_give_the_same_logits_as_one_pass(llama_dir: 
     shuffled = [7, 3, 5, 1, 0, 2, 4, 6]
     token_by_token = [runtime.step([StepItem(1, [t], i, shuffled, True, greedy)]) for i, t in enumerate(ids)]
     assert token_by_token[-1] == one_pass
+
+
+def _cheapest_split_cost(lengths: list[int], overhead: float) -> float:
+    """Every split of ``lengths`` into runs, tried one by one (the reference for ``length_groups``)."""
+    n = len(lengths)
+    best = float("inf")
+    for cuts in itertools.product((False, True), repeat=n - 1):
+        stops = [i + 1 for i, cut in enumerate(cuts) if cut] + [n]
+        starts = [0, *stops[:-1]]
+        best = min(best, sum((b - a) * lengths[b - 1] + overhead for a, b in zip(starts, stops, strict=True)))
+    return best
+
+
+def test_decode_groups_are_the_cheapest_split() -> None:
+    rng = random.Random(3)
+    for _ in range(300):
+        lengths = sorted(rng.randint(1, rng.choice([4, 60, 600])) for _ in range(rng.randint(1, 9)))
+        overhead = rng.choice([0.0, 1.0, 25.0, 400.0, 1e9])
+        runs = length_groups(lengths, overhead)
+        assert runs[0][0] == 0 and runs[-1][1] == len(lengths)
+        assert all(a < b for a, b in runs) and all(x[1] == y[0] for x, y in itertools.pairwise(runs))
+        cost = sum((b - a) * lengths[b - 1] + overhead for a, b in runs)
+        assert cost == pytest.approx(_cheapest_split_cost(lengths, overhead))
+    assert length_groups([5, 5, 5, 300, 300], 10.0) == [(0, 3), (3, 5)]
+    assert length_groups([5, 6, 300], 1e9) == [(0, 3)]
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+@pytest.mark.parametrize("group_cost", [None, 0], ids=["default-groups", "one-group-per-length"])
+def test_one_step_over_many_context_lengths_equals_each_sequence_alone(
+    checkpoint: str, group_cost: int | None, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if group_cost is not None:
+        monkeypatch.setattr(causal_lm_runtime, "_GROUP_OVERHEAD_ELEMENTS", group_cost)
+    runtime = load_runtime(request.getfixturevalue(checkpoint))
+    size = runtime.cache_spec().block_size
+    rng = random.Random(7)
+    vocab = runtime.tokenizer.vocab_size
+    contexts = [1, 2, 16, 17, 40, 41, 100, 200]
+    blocks = list(range(sum(-(-(n + 1) // size) for n in contexts) + 4))
+    rng.shuffle(blocks)
+    greedy = SamplingParams()
+    decodes, alone = [], []
+    for seq, n in enumerate(contexts):
+        table, blocks = blocks[: -(-(n + 1) // size)], blocks[-(-(n + 1) // size) :]
+        runtime.step([StepItem(seq, [rng.randrange(5, vocab) for _ in range(n)], 0, table, False, greedy)])
+        item = StepItem(seq, [rng.randrange(5, vocab)], n, table, True, greedy)
+        decodes.append(item)
+        alone.append(runtime.step([item])[0])
+    # a prompt continuing in the same step reads its earlier K/V through the same scratch buffers
+    prompt = [rng.randrange(5, vocab) for _ in range(30)]
+    runtime.step([StepItem(99, prompt[:12], 0, blocks, False, greedy)])
+    continued = StepItem(99, prompt[12:], 12, blocks, True, greedy)
+    expected = runtime.step([continued])[0]
+    items = [*decodes, continued]
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    together = runtime.step([items[i] for i in order])
+    assert [together[order.index(i)] for i in range(len(items))] == [*alone, expected]
+    assert runtime.model is not None
+    inputs, _ = runtime._inputs(runtime.model, [items[i] for i in order])
+    groups = inputs.decode_groups
+    assert sum(group.count for group in groups) == len(decodes)
+    if group_cost == 0:  # every context length its own group: no padding, no mask
+        assert len(groups) == len(contexts) and all(group.mask is None for group in groups)
 
 
 def test_seeded_sampling_is_reproducible_and_filters_work(llama_dir: Path) -> None:

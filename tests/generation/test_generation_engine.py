@@ -19,7 +19,7 @@ from ladle.errors import (
     ModelNotReadyError,
     ServerBusyError,
 )
-from ladle.generation import GenerationStream, SamplingParams, TextGenerator
+from ladle.generation import GenerationPayload, GenerationStream, SamplingParams
 from ladle.plugins.batchers.continuous.batcher import ContinuousBatcher
 from ladle.plugins.batchers.continuous.engine import GenerationEngine
 from ladle.plugins.runtimes.causal_lm.runtime import CausalLMRuntime
@@ -59,7 +59,6 @@ async def wait_until_idle(engine: GenerationEngine) -> None:
 async def test_streams_chunks_that_add_up_to_the_generation(runtime: CausalLMRuntime) -> None:
     engine = started(runtime)
     try:
-        assert isinstance(engine, TextGenerator)
         stream = engine.generate(PROMPTS[0], SamplingParams(max_tokens=12, ignore_eos=True))
         assert isinstance(stream, GenerationStream)
         prompt = runtime.tokenizer.encode(PROMPTS[0])
@@ -226,13 +225,16 @@ async def test_the_batcher_serves_generate_and_v2_beside_its_instance(
     llama_dir: Path, host: PluginHost
 ) -> None:
     replicas = await replicas_of(llama_dir, host)
-    batcher = host.load("batcher", "continuous")(replicas, {"name": "continuous", "max_num_seqs": 4})
-    assert isinstance(batcher, ContinuousBatcher) and isinstance(batcher, TextGenerator)
+    batcher = host.load("batcher", "continuous")(replicas, {"max_num_seqs": 4})
+    assert isinstance(batcher, ContinuousBatcher) and batcher.streams
     await batcher.start()
     try:
         assert batcher.max_model_len == 256
         prompt = batcher.tokenizer.encode_chat([{"role": "user", "content": "Hi"}])
-        result = await batcher.generate(prompt, SamplingParams(max_tokens=6, ignore_eos=True)).collect()
+        payload = GenerationPayload(
+            prompt=tuple(prompt), sampling=SamplingParams(max_tokens=6, ignore_eos=True)
+        )
+        result = await batcher.stream(InferenceRequest("tiny", {}, generation=payload)).collect()
         assert len(result.token_ids) == 6 and result.usage.prompt_tokens == len(prompt)
 
         request = InferenceRequest(
@@ -258,7 +260,7 @@ async def test_the_batcher_serves_generate_and_v2_beside_its_instance(
         for instance in replicas.instances:
             await instance.stop()
     with pytest.raises(ModelNotReadyError):
-        batcher.generate("Hello")
+        batcher.stream(InferenceRequest("tiny", {}, generation=GenerationPayload(prompt="Hello")))
 
 
 @run_async

@@ -267,3 +267,125 @@ def test_cuda_predictions_equal_cpu(
     assert runtime.describe()["device"] == cuda_device
     gpu = runtime.predict(Batch.of({"input": features}))["probability"]
     np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5)
+
+
+# TorchScript without a signature: shape and dtype errors are the client's ---------------------
+
+
+def _assert_clean(message: str) -> None:
+    """No interpreter traceback, serialized code or file path of the server in a client's answer."""
+    for fragment in ("Traceback", "code/__torch__", "site-packages", ".py", "HERE", os.sep + "tmp"):
+        assert fragment not in message, f"{fragment!r} in {message!r}"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(
+    ("rows", "fragment"),
+    [
+        (np.zeros((2, 29), np.float32), "must match the size of tensor b (30)"),
+        (np.zeros((2, 30), np.float64), "same dtype"),
+    ],
+    ids=["features", "dtype"],
+)
+def test_torchscript_shape_errors_are_invalid_input(load_runtime, scripted_dir, rows, fragment) -> None:
+    runtime = load_runtime("torch", scripted_dir)
+    assert runtime.signature() is None
+    with pytest.raises(InvalidInputError) as info:
+        runtime.predict(Batch.of({"input": rows}))
+    message = info.value.message
+    datatype = "FP64" if rows.dtype == np.float64 else "FP32"
+    assert message.startswith(
+        f"input 'input' of shape {list(rows.shape)} ({datatype}) does not fit the model"
+    )
+    assert fragment in message
+    assert "signature = {...} in model.toml" in message
+    assert info.value.status == 400 and info.value.details == {"input": "input"}
+    _assert_clean(message)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_scripted_convolution_errors_name_what_was_expected(tmp_path, load_runtime) -> None:
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            return self.conv(image) * scale
+
+    torch.jit.save(torch.jit.script(Pair()), str(tmp_path / "model.pt"))
+    runtime = load_runtime("torch", tmp_path)
+    scale = np.ones((1,), np.float32)
+    assert runtime.predict(Batch.of({"image": np.zeros((1, 3, 8, 8), np.float32), "scale": scale}))
+    with pytest.raises(InvalidInputError) as info:
+        runtime.predict(Batch.of({"image": np.zeros((1, 2, 8, 8), np.float32), "scale": scale}))
+    message = info.value.message
+    assert message.startswith(
+        "inputs 'image' of shape [1, 2, 8, 8] (FP32), 'scale' of shape [1] (FP32) do not"
+    )
+    assert "to have 3 channels, but got 2 channels" in message
+    assert info.value.details == {"inputs": ["image", "scale"]}
+    _assert_clean(message)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_other_torchscript_failures_stay_server_errors(tmp_path, load_runtime) -> None:
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if bool((x > 0).any()):
+                raise RuntimeError("the model's own bug")
+            return x
+
+    torch.jit.save(torch.jit.script(Broken()), str(tmp_path / "model.pt"))
+    runtime = load_runtime("torch", tmp_path)
+    with pytest.raises(Exception, match="the model's own bug") as info:
+        runtime.predict(Batch.of({"x": np.ones((1, 2), np.float32)}))
+    assert not isinstance(info.value, InvalidInputError)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_over_http_wrong_shape_is_a_400_and_a_signature_gives_422(tmp_path) -> None:
+    import httpx
+
+    from ladle import PluginHost
+    from ladle.config import ServerConfig
+    from ladle.server import Server
+    from ladle.testing.server import run_server
+
+    repository = tmp_path / "models"
+    models.build_torchscript_mlp(repository / "bare" / "1")
+    models.build_torchscript_mlp(repository / "signed" / "1")
+    (repository / "signed" / "model.toml").write_text(
+        'signature = { inputs = [{ name = "input", datatype = "FP32", shape = [-1, 30] }], '
+        'outputs = [{ name = "probability", datatype = "FP32", shape = [-1] }] }\n'
+    )
+    config = ServerConfig.model_validate({"server": {"repository": str(repository)}})
+
+    def infer(client: httpx.Client, model: str, columns: int) -> httpx.Response:
+        body = {
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, columns], "data": [0.5] * columns}]
+        }
+        return client.post(f"/v2/models/{model}/infer", json=body)
+
+    with (
+        run_server(Server(config, PluginHost().discover())) as running,
+        httpx.Client(base_url=running.url, timeout=30) as client,
+    ):
+        assert client.get("/v2/models/bare").json()["inputs"] == []
+        wrong = infer(client, "bare", 29)
+        assert wrong.status_code == 400, wrong.text
+        body = wrong.json()
+        assert body["code"] == "invalid_input" and body["input"] == "input"
+        assert "input 'input' of shape [1, 29] (FP32) does not fit the model" in body["error"]
+        _assert_clean(wrong.text)
+        assert str(tmp_path) not in wrong.text
+        assert infer(client, "bare", 30).status_code == 200  # the server stays healthy
+
+        assert client.get("/v2/models/signed").json()["inputs"] == [
+            {"name": "input", "datatype": "FP32", "shape": [-1, 30]}
+        ]
+        refused = infer(client, "signed", 29)
+        assert refused.status_code == 422, refused.text
+        assert "expected [-1, 30]" in refused.json()["error"]
+        served = infer(client, "signed", 30).json()["outputs"]
+        assert [o["name"] for o in served] == ["probability"]

@@ -1,24 +1,41 @@
 """The continuous batcher: one generation engine beside each step-able runtime instance.
 
-It implements ``ladle.generation.TextGenerator`` (``generate``, ``tokenizer``, ``max_model_len``) for
-the generate and OpenAI endpoints, and ``Batcher.submit`` for the V2 protocol: a ``text_input``
-BYTES tensor (one prompt per row) in, a ``text_output`` BYTES tensor out, sampling parameters from
-the request's parameters.
+- ``stream(request)`` takes a generation request (``request.generation``: a prompt or chat messages,
+  rendered with this version's chat template, and sampling parameters) and returns its chunks;
+- ``submit(request)`` serves the V2 protocol: a ``text_input`` BYTES tensor (one prompt per row)
+  in, ``text_output`` / ``finish_reason`` / ``completion_tokens`` tensors out, sampling parameters
+  from the request's parameters.
+
+Each request reaches the stats layer once, when it leaves its engine (finished, failed, cancelled),
+and each engine step reports its times to first token and between tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ladle.batching import Batcher, BatchObserver, ReplicaSet
-from ladle.envelope import Arrays, InferenceRequest, Priority
-from ladle.errors import ConfigError, InvalidInputError, ModelNotReadyError
-from ladle.generation import GenerationResult, SamplingParams, StepRuntime, TextTokenizer
-from ladle.instance import Instance
+from ladle import (
+    Arrays,
+    Batcher,
+    BatchObserver,
+    ConfigError,
+    GenerationResult,
+    InferenceRequest,
+    Instance,
+    InvalidInputError,
+    LadleError,
+    ModelNotReadyError,
+    ReplicaSet,
+    SamplingParams,
+    StepRuntime,
+    TextTokenizer,
+    parse_options,
+)
 
 from .engine import EngineOptions, GenerationEngine
 from .stream import TokenStream
@@ -27,6 +44,8 @@ __all__ = ["ContinuousBatcher", "runtime_of"]
 
 TEXT_INPUT = "text_input"
 TEXT_OUTPUT = "text_output"
+#: The code the stats layer counts for requests that left because the client went away.
+CANCELLED = "cancelled"
 
 
 #: Sink of one step's times to first token and between tokens, in seconds.
@@ -35,13 +54,12 @@ Timing = Callable[[list[float], list[float]], None]
 
 def runtime_of(instance: Instance) -> StepRuntime:
     """The step-able runtime an instance runs in this process (the engine must sit beside it)."""
-    executor = instance.executor
-    runtime = getattr(executor, "runtime", None)
+    runtime = instance.executor.local_runtime
     if not isinstance(runtime, StepRuntime):
         raise ConfigError(
             f"batcher 'continuous' needs a step-able runtime (such as causal-lm) running in this process "
             f"(executor = 'thread'); instance {instance.name} of {instance.spec.model!r} has "
-            f"{type(runtime).__name__ if runtime is not None else 'none'}",
+            f"{type(runtime).__name__ if runtime is not None else 'none in this process'}",
             model=instance.spec.model,
         )
     return runtime
@@ -49,13 +67,16 @@ def runtime_of(instance: Instance) -> StepRuntime:
 
 class ContinuousBatcher(Batcher):
     """Options: those of ``EngineOptions`` (``max_num_seqs``, ``max_batched_tokens``, ``max_waiting``,
-    ``prefix_caching``, ``watermark``)."""
+    ``prefix_caching``, ``watermark``); unknown ones are refused."""
+
+    streams: ClassVar[bool] = True
+    enforces_deadlines: ClassVar[bool] = True
 
     def __init__(
         self, replicas: ReplicaSet, options: Mapping[str, Any], observer: BatchObserver | None = None
     ) -> None:
         super().__init__(replicas, options, observer)
-        self.engine_options = EngineOptions.from_mapping(self.options)
+        self.engine_options = parse_options(EngineOptions, self.options, "batcher 'continuous'")
         self._engines: dict[int, GenerationEngine] = {}
         self._accepting = True
         self._timing: Timing | None = None
@@ -103,8 +124,6 @@ class ContinuousBatcher(Batcher):
             raise ModelNotReadyError(f"model {self.replicas.model!r} has no ready instance")
         return min(engines, key=lambda engine: engine.load)
 
-    # TextGenerator -----------------------------------------------------------------------------
-
     @property
     def tokenizer(self) -> TextTokenizer:
         return self._engine().tokenizer
@@ -113,26 +132,42 @@ class ContinuousBatcher(Batcher):
     def max_model_len(self) -> int:
         return self._engine().max_model_len
 
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        params: SamplingParams | None = None,
-        *,
-        priority: Priority = Priority.NORMAL,
-        request_id: str | None = None,
-        deadline: float | None = None,
-        add_special_tokens: bool = True,
-    ) -> TokenStream:
-        return self._engine().generate(
-            prompt,
-            params,
-            priority=priority,
-            request_id=request_id,
-            deadline=deadline,
-            add_special_tokens=add_special_tokens,
-        )
+    # the batcher contract ------------------------------------------------------------------------
 
-    # Batcher -----------------------------------------------------------------------------------
+    def stream(self, request: InferenceRequest) -> TokenStream:
+        payload = request.generation
+        if payload is None:
+            raise InvalidInputError("a generation request needs a prompt or messages")
+        engine = self._engine()
+        if payload.messages is not None:
+            prompt: str | list[int] = engine.tokenizer.encode_chat(list(payload.messages))
+            special = False
+        else:
+            prompt = payload.prompt if isinstance(payload.prompt, str) else list(payload.prompt or ())
+            special = payload.add_special_tokens
+        try:
+            stream = engine.generate(
+                prompt,
+                payload.sampling,
+                priority=request.priority,
+                request_id=request.id,
+                deadline=request.deadline,
+                add_special_tokens=special,
+            )
+        except LadleError as exc:
+            self.observer.requests_dropped((request,), exc.code)
+            raise
+        stream.on_end = lambda error: self._report(request, stream.first_at, error)
+        return stream
+
+    def _report(self, request: InferenceRequest, first_at: float, error: BaseException | None) -> None:
+        """One stats record per request, when it leaves the engine."""
+        if isinstance(error, asyncio.CancelledError):
+            self.observer.requests_dropped((request,), CANCELLED)
+            return
+        now = time.monotonic()
+        code = None if error is None else (error.code if isinstance(error, LadleError) else "runtime_error")
+        self.observer.batch_done((request,), first_at or now, now, (code,))
 
     def submit(self, request: InferenceRequest) -> asyncio.Future[Arrays]:
         """V2: every row of ``text_input`` is generated as its own sequence; rows join the running batch."""
@@ -154,16 +189,17 @@ class ContinuousBatcher(Batcher):
             for stream in streams:
                 stream.abort()
             raise
-        return asyncio.ensure_future(self._gather(streams))
+        return asyncio.ensure_future(self._gather(request, streams))
 
-    @staticmethod
-    async def _gather(streams: list[TokenStream]) -> Arrays:
+    async def _gather(self, request: InferenceRequest, streams: list[TokenStream]) -> Arrays:
         try:
             results: list[GenerationResult] = await asyncio.gather(*(s.collect() for s in streams))
-        except BaseException:
+        except BaseException as exc:
             for stream in streams:
                 stream.abort()
+            self._report(request, min((s.first_at for s in streams if s.first_at), default=0.0), exc)
             raise
+        self._report(request, min((s.first_at for s in streams if s.first_at), default=0.0), None)
         return {
             TEXT_OUTPUT: np.array([r.text.encode() for r in results], dtype=object),
             "finish_reason": np.array([r.finish_reason.encode() for r in results], dtype=object),

@@ -20,28 +20,31 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from ladle.envelope import Priority, new_request_id
-from ladle.errors import (
-    ConfigError,
+from pydantic import Field
+
+from ladle import (
+    BlockPool,
     DeadlineExceededError,
-    InvalidRequestError,
-    LadleError,
-    ModelNotReadyError,
-    RuntimeFailureError,
-    ServerBusyError,
-)
-from ladle.generation import (
     FinishReason,
     GenerationChunk,
     GenerationResult,
+    InvalidRequestError,
+    KVCacheManager,
+    LadleError,
+    ModelNotReadyError,
+    PluginOptions,
+    Priority,
+    RuntimeFailureError,
     SamplingParams,
+    ServerBusyError,
     StepRuntime,
     TextTokenizer,
+    new_request_id,
+    parse_options,
 )
-from ladle.kvcache import BlockPool, KVCacheManager
 
 from .scheduler import Scheduler, StepPlan
 from .sequence import Sequence, TextOutput
@@ -53,8 +56,7 @@ Event: TypeAlias = GenerationChunk | BaseException
 Sink: TypeAlias = Callable[[Event], None]
 
 
-@dataclass(frozen=True)
-class EngineOptions:
+class EngineOptions(PluginOptions):
     """Scheduling options (the ``[batcher]`` table of a model's config).
 
     ``max_num_seqs``: sequences running at once; ``max_batched_tokens``: tokens per step, prefill and
@@ -63,30 +65,11 @@ class EngineOptions:
     ``watermark``: fraction of the cache kept free when admitting new sequences, so running ones can grow.
     """
 
-    max_num_seqs: int = 64
-    max_batched_tokens: int = 512
-    max_waiting: int = 1024
+    max_num_seqs: int = Field(default=64, ge=1)
+    max_batched_tokens: int = Field(default=512, ge=1)
+    max_waiting: int = Field(default=1024, ge=1)
     prefix_caching: bool = True
-    watermark: float = 0.01
-
-    @classmethod
-    def from_mapping(cls, options: Mapping[str, Any]) -> EngineOptions:
-        known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in options.items():
-            if key not in known:
-                continue  # other batcher options (the name, say) are not ours
-            default = getattr(cls, key)
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
-            else:
-                ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
-            if not ok:
-                raise ConfigError(f"batcher option {key} has an invalid value {value!r}", key=key)
-            values[key] = value
-        return cls(**values)
+    watermark: float = Field(default=0.01, ge=0, lt=1)
 
 
 @dataclass
@@ -364,8 +347,8 @@ class GenerationEngine:
         *,
         name: str = "",
     ) -> None:
-        if options is None or isinstance(options, Mapping):
-            options = EngineOptions.from_mapping(options or {})
+        if not isinstance(options, EngineOptions):
+            options = parse_options(EngineOptions, options, "batcher 'continuous'")
         self.core = EngineCore(runtime, options)
         self.options = options
         self.name = name or "ladle-engine"

@@ -15,9 +15,7 @@ import bisect
 from collections import deque
 from dataclasses import dataclass, field
 
-from ladle.envelope import Priority
-from ladle.generation import StepItem
-from ladle.kvcache import BlockCopy, KVCacheManager
+from ladle import BlockCopy, KVCacheManager, Priority, StepItem
 
 from .sequence import Sequence, SequenceStatus
 

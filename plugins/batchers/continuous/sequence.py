@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import Enum
 
-from ladle.envelope import Priority
-from ladle.generation import FinishReason, GenerationChunk, IncrementalDecoder, SamplingParams
+from ladle import FinishReason, GenerationChunk, IncrementalDecoder, Priority, SamplingParams
 
 __all__ = ["Sequence", "SequenceStatus", "TextOutput"]
 

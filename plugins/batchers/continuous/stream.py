@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from types import TracebackType
 
-from ladle.generation import FinishReason, GenerationChunk, GenerationResult, Usage
+from ladle import FinishReason, GenerationChunk, GenerationResult, Usage
 
 __all__ = ["TokenStream"]
 
@@ -27,6 +28,8 @@ class TokenStream:
         "_finished",
         "_loop",
         "_waiter",
+        "first_at",
+        "on_end",
         "prompt_tokens",
         "request_id",
     )
@@ -47,6 +50,11 @@ class TokenStream:
         self._error: BaseException | None = None
         self._done = False  # nothing more will arrive
         self._finished = False  # the engine is done with the request (finished, failed or aborted)
+        #: ``time.monotonic()`` of the first chunk (0 until then).
+        self.first_at = 0.0
+        #: Called once when the request leaves the engine: with ``None`` when it finished, with the
+        #: error that ended it, or with ``asyncio.CancelledError()`` when it was aborted.
+        self.on_end: Callable[[BaseException | None], None] | None = None
 
     @property
     def finished(self) -> bool:
@@ -59,20 +67,34 @@ class TokenStream:
         if isinstance(event, BaseException):
             self._error = event
             self._done = self._finished = True
+            self._ended(event)
         else:
+            if not self.first_at:
+                self.first_at = time.monotonic()
             self._chunks.append(event)
             if event.finish_reason is not None:
                 self._done = self._finished = True
+                self._ended(None)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _ended(self, error: BaseException | None) -> None:
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end(error)
+
     def abort(self) -> None:
-        """Stop generating; the engine frees the request's cache at its next step."""
+        """Stop generating; the engine frees the request's cache at its next step. A consumer
+        waiting for the next chunk sees the stream end."""
         if not self._finished:
             self._done = self._finished = True
             self._chunks.clear()
             self._abort()
+            self._ended(asyncio.CancelledError())
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def __aiter__(self) -> TokenStream:
         return self
@@ -138,3 +160,4 @@ class TokenStream:
         if not getattr(self, "_finished", True):
             self._finished = True
             self._abort()
+            self._ended(asyncio.CancelledError())

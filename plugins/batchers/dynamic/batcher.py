@@ -47,9 +47,16 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from ladle.envelope import Batch, BatchItem, InferenceRequest
-
-from .queueing import Entry, QueueingBatcher, QueueOptions, Taken
+from ladle import (
+    Batch,
+    BatchItem,
+    InferenceRequest,
+    QueueEntry,
+    QueueingBatcher,
+    QueueOptions,
+    Taken,
+    as_tuple,
+)
 
 __all__ = ["DynamicBatcher", "DynamicOptions", "padded_batch"]
 
@@ -63,6 +70,8 @@ class DynamicOptions(QueueOptions):
     max_batch_size: int = Field(default=32, ge=1, description="rows per batch")
     max_queue_delay: float = Field(default=0.0, ge=0, description="milliseconds")
     preferred_batch_sizes: tuple[int, ...] = ()
+
+    _lists = field_validator("preferred_batch_sizes", mode="before")(as_tuple)
 
     @field_validator("preferred_batch_sizes")
     @classmethod
@@ -122,14 +131,14 @@ class DynamicBatcher(QueueingBatcher):
         futures: list[Any] = []
         rows = 0
         key: tuple[Any, ...] | None = None
-        expired: list[Entry] = []
-        cancelled: list[Entry] = []
-        too_large: list[Entry] = []
+        expired: list[QueueEntry] = []
+        cancelled: list[QueueEntry] = []
+        too_large: list[QueueEntry] = []
         removed_rows = 0
         for lane in self._lanes:
             if not lane:
                 continue
-            skipped: list[Entry] = []
+            skipped: list[QueueEntry] = []
             while lane:
                 entry = lane.popleft()
                 request, future = entry

@@ -4,16 +4,16 @@ A request goes at once to the least-loaded ready instance (fewer than ``instance
 batches in flight; default 1). When every instance is busy it waits in one FIFO queue of at most
 ``max_queue_size`` requests (default 1024; beyond that ``submit`` raises ``ServerBusyError``, 503,
 at once). A request with more rows than the runtime's cap (``ReplicaSet.max_batch_rows``) is
-refused by ``submit`` with ``PayloadTooLargeError`` (413). Deadlines, cancellation, per-item errors,
-instance failures and draining behave as in the dynamic batcher (see ``queueing``); priorities are
-ignored (plain FIFO).
+refused by ``submit`` with ``PayloadTooLargeError`` (413). Deadlines, cancellation, per-item
+errors, instance failures and draining behave as in the dynamic batcher (see
+``ladle.QueueingBatcher``); priorities are ignored (plain FIFO).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from ladle.plugins.batchers.dynamic.queueing import Entry, QueueingBatcher, Taken
+from ladle import QueueEntry, QueueingBatcher, Taken
 
 __all__ = ["PassthroughBatcher"]
 
@@ -26,9 +26,9 @@ class PassthroughBatcher(QueueingBatcher):
     def _take(self, now: float) -> Taken | None:
         lane = self._lanes[0]
         cap = self._row_cap()
-        expired: list[Entry] = []
-        cancelled: list[Entry] = []
-        too_large: list[Entry] = []
+        expired: list[QueueEntry] = []
+        cancelled: list[QueueEntry] = []
+        too_large: list[QueueEntry] = []
         taken: Taken | None = None
         removed_rows = 0
         while lane:

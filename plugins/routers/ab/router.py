@@ -2,8 +2,9 @@
 
 Options: ``sticky`` (default ``true``), ``arms``, a table naming versions
 (``{control = "v1", treatment = "v2"}``; a version without a name is its own arm), and ``run``
-(default 1: every keyless request is drawn on its own, as an experiment wants; see ``split``). The arm of a
-served request is ``arm_of(request.version)``; ``counts`` holds requests routed per arm.
+(default 1: every keyless request is drawn on its own, as an experiment wants; see
+``ladle.WeightedRouter``). Every answer names its arm (header ``Ladle-Experiment-Arm``, and the
+inference log); ``counts`` holds requests routed per arm, shown in the deployment's status.
 """
 
 from __future__ import annotations
@@ -11,26 +12,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ladle.deployments.split import WeightedRouter
-from ladle.envelope import InferenceRequest
-from ladle.errors import ConfigError
-from ladle.routing import Route, RoutingTable
+from pydantic import Field
 
-__all__ = ["ABRouter"]
+from ladle import InferenceRequest, Route, RoutingTable, WeightedOptions, WeightedRouter
+
+__all__ = ["ABOptions", "ABRouter"]
+
+
+class ABOptions(WeightedOptions):
+    arms: dict[str, str] = Field(default_factory=dict, description="arm name -> version")
 
 
 class ABRouter(WeightedRouter):
     name: ClassVar[str] = "ab"
-    option_names: ClassVar[frozenset[str]] = frozenset({"sticky", "arms", "run", "run_ms"})
+    options_model: ClassVar[type[WeightedOptions]] = ABOptions
     #: An experiment draws each keyless request on its own.
     default_run: ClassVar[int] = 1
+    settings: ABOptions
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         super().__init__(options)
-        arms = self.options.get("arms", {})
-        if not isinstance(arms, Mapping) or not all(isinstance(v, str) for v in arms.values()):
-            raise ConfigError("router 'ab': arms must map arm names to versions", router="ab")
-        self._arm_of = {version: arm for arm, version in arms.items()}
+        self._arm_of = {version: arm for arm, version in self.settings.arms.items()}
         #: Requests routed per arm since start.
         self.counts: dict[str, int] = {}
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ladle import hookimpl
-from ladle.plugin_host import Register
+from ladle import Register, hookimpl
 
 
 @hookimpl

@@ -9,17 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from ladle.deployments.split import WeightedRouter
-from ladle.envelope import InferenceRequest
-from ladle.errors import InvalidRequestError
-from ladle.routing import Route, RoutingTable
+from ladle import InferenceRequest, InvalidRequestError, Route, RoutingTable, WeightedRouter
 
 __all__ = ["BlueGreenRouter"]
 
 
 class BlueGreenRouter(WeightedRouter):
     name: ClassVar[str] = "blue-green"
-    option_names: ClassVar[frozenset[str]] = frozenset()
 
     def route(self, request: InferenceRequest, table: RoutingTable) -> Route:
         return self.split(table).pick()

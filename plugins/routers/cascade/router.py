@@ -9,7 +9,7 @@ Options:
   unsure, and a request with any unsure row is answered by the large model instead. For an output
   of shape ``[rows, classes]`` the score of a row is its largest class probability.
 
-A request naming a version explicitly skips the cascade.
+A request naming a version explicitly skips the cascade; generation requests are never escalated.
 """
 
 from __future__ import annotations
@@ -18,50 +18,61 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
-from ladle.deployments.split import check_options
-from ladle.envelope import Arrays, InferenceRequest
-from ladle.errors import ConfigError
-from ladle.routing import Route, Router, RoutingTable, Target
+from ladle import (
+    Arrays,
+    InferenceRequest,
+    PluginOptions,
+    Route,
+    Router,
+    RoutingTable,
+    Target,
+    as_tuple,
+    parse_options,
+)
 
-__all__ = ["CascadeRouter"]
+__all__ = ["CascadeOptions", "CascadeRouter"]
 
 
-def _target(value: Any, key: str) -> tuple[str | None, str]:
-    if not isinstance(value, str) or not value or value.count(":") > 1:
-        raise ConfigError(
-            f"router 'cascade': {key} must be a version ('v1') or 'model:version', got {value!r}",
-            router="cascade",
-        )
+class CascadeOptions(PluginOptions):
+    small: str = Field(description="'version' or 'model:version' answering first")
+    large: str = Field(description="'version' or 'model:version' answering the unsure")
+    output: str | None = None
+    band: tuple[float, float] = (0.25, 0.75)
+
+    _lists = field_validator("band", mode="before")(as_tuple)
+
+    @field_validator("small", "large")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if not value or value.count(":") > 1:
+            raise ValueError("must be a version ('v1') or 'model:version'")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CascadeOptions:
+        if self.band[0] > self.band[1]:
+            raise ValueError(f"band must be [low, high], got {list(self.band)}")
+        return self
+
+
+def _split(value: str) -> tuple[str | None, str]:
     model, _, version = value.rpartition(":")
     return (model or None) if ":" in value else None, version
 
 
 class CascadeRouter(Router):
     name: ClassVar[str] = "cascade"
-    option_names: ClassVar[frozenset[str]] = frozenset({"small", "large", "output", "band"})
+    escalates: ClassVar[bool] = True
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         super().__init__(options)
-        check_options(self.name, self.options, self.option_names)
-        for key in ("small", "large"):
-            if key not in self.options:
-                raise ConfigError(f"router 'cascade' needs the option {key!r}", router="cascade")
-        self._small = _target(self.options["small"], "small")
-        self._large = _target(self.options["large"], "large")
-        band = self.options.get("band", [0.25, 0.75])
-        if (
-            not isinstance(band, list | tuple)
-            or len(band) != 2
-            or not all(isinstance(b, int | float) and not isinstance(b, bool) for b in band)
-            or band[0] > band[1]
-        ):
-            raise ConfigError(f"router 'cascade': band must be [low, high], got {band!r}", router="cascade")
-        self.low, self.high = float(band[0]), float(band[1])
-        output = self.options.get("output")
-        if output is not None and not isinstance(output, str):
-            raise ConfigError("router 'cascade': output must be an output name", router="cascade")
-        self.output: str | None = output
+        self.settings = parse_options(CascadeOptions, self.options, "router 'cascade'")
+        self._small = _split(self.settings.small)
+        self._large = _split(self.settings.large)
+        self.low, self.high = self.settings.band
+        self.output = self.settings.output
         self._routes: tuple[str, Route, Target] | None = None
         #: Requests answered by the small model alone, and requests escalated.
         self.answered = 0

@@ -1,5 +1,5 @@
-"""The shadow router: primaries by the weights (as the canary router, but with a draw for every
-keyless request), plus a mirrored copy.
+"""The shadow router: primaries by the weights (as the canary router, but drawn for every keyless
+request unless ``run`` says otherwise), plus a mirrored copy.
 
 Options:
 
@@ -8,54 +8,55 @@ Options:
 - ``queue``: the bound of the mirror queue; copies beyond it are dropped and counted (default 256);
 - ``concurrency``: copies in flight at once (default 2);
 - ``timeout``: seconds a copy may take before it is abandoned (default 10);
-- ``sticky``: as for the canary router.
+- ``sticky``, ``run``, ``run_ms``: as for the canary router (``run`` defaults to 1).
 
-Copies run at the lowest priority; their outputs are compared with the primary's and recorded by
-the mirror (``ladle.deployments.mirror``), never returned.
+Copies run at the lowest priority; their outputs (tensors, or generated tokens) are compared with
+the primary's and recorded by the core's shadow stage, never returned.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from ladle.deployments.split import WeightedRouter, WeightedSplit
-from ladle.envelope import InferenceRequest
-from ladle.errors import ConfigError
-from ladle.routing import Route, RoutingTable, Target
+from pydantic import Field
 
-__all__ = ["ShadowRouter"]
+from ladle import (
+    InferenceRequest,
+    Route,
+    RoutingTable,
+    ShadowSettings,
+    Target,
+    WeightedOptions,
+    WeightedRouter,
+    WeightedSplit,
+)
+
+__all__ = ["ShadowOptions", "ShadowRouter"]
+
+
+class ShadowOptions(WeightedOptions):
+    shadow: str | None = Field(default=None, description="the version that receives copies")
+    sample: float = Field(default=1.0, ge=0, le=1, description="fraction of requests mirrored")
+    queue: int = Field(default=256, ge=1, description="copies waiting before new ones are dropped")
+    concurrency: int = Field(default=2, ge=1, description="copies in flight at once")
+    timeout: float = Field(default=10.0, gt=0, description="seconds before a copy is abandoned")
 
 
 class ShadowRouter(WeightedRouter):
     name: ClassVar[str] = "shadow"
-    option_names: ClassVar[frozenset[str]] = frozenset(
-        {"sticky", "shadow", "sample", "queue", "concurrency", "timeout"}
-    )
-    #: Tells the serving path that routes may carry shadow copies.
-    emits_shadows: ClassVar[bool] = True
+    options_model: ClassVar[type[WeightedOptions]] = ShadowOptions
+    default_run: ClassVar[int] = 1
+    settings: ShadowOptions
 
-    def __init__(self, options: Mapping[str, Any]) -> None:
+    def __init__(self, options: dict[str, object]) -> None:
         super().__init__(options)
-        shadow = self.options.get("shadow")
-        if shadow is not None and not isinstance(shadow, str):
-            raise ConfigError("router 'shadow': shadow must be a version name", router="shadow")
-        self.shadow: str | None = shadow
-        sample = self.options.get("sample", 1.0)
-        if isinstance(sample, bool) or not isinstance(sample, int | float) or not 0 <= sample <= 1:
-            raise ConfigError(f"router 'shadow': sample must be within 0..1, got {sample!r}", router="shadow")
-        self.sample = float(sample)
-        for key, default in (("queue", 256), ("concurrency", 2)):
-            value = self.options.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"router 'shadow': {key} must be a positive integer", router="shadow")
-        timeout = self.options.get("timeout", 10.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigError(
-                "router 'shadow': timeout must be a positive number of seconds", router="shadow"
-            )
+        self.shadow = self.settings.shadow
+        self.sample = self.settings.sample
         self._mirrored: tuple[RoutingTable, WeightedSplit] | None = None
+
+    def shadow_settings(self) -> ShadowSettings:
+        return ShadowSettings(self.settings.queue, self.settings.concurrency, self.settings.timeout)
 
     def shadow_version(self, table: RoutingTable) -> str | None:
         """The configured shadow, else the newest ready version that takes no traffic."""
@@ -78,4 +79,6 @@ class ShadowRouter(WeightedRouter):
         if self.sample and (self.sample >= 1.0 or random.random() < self.sample):
             split = self._mirrored_split(table)
         key = request.routing_key
-        return split.for_key(key) if key is not None and self.sticky else split.pick()
+        if key is not None and self.sticky:
+            return split.for_key(key)
+        return split.pick_in_runs(self.run, self.run_seconds) if self.run > 1 else split.pick()

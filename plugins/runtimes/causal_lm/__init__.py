@@ -25,5 +25,6 @@ def register_runtimes(register):  # type: ignore[no-untyped-def]
         requires=["torch", "safetensors", "tokenizers"],
         extra="llm",
         detect=detect,
+        capabilities={"steps": True, "preferred_batcher": "continuous"},
         description="Llama-style and GPT-2 text generation over a paged KV cache (with batcher 'continuous')",
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ladle.errors import ConfigError
+from ladle import ConfigError
 
 __all__ = ["LLAMA_TYPES", "ModelArgs", "read_config"]
 

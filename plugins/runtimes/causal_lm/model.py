@@ -2,9 +2,14 @@
 
 Weights keep their Hugging Face names on disk and are fused at load (one QKV matrix, one gate+up
 matrix), so real checkpoints load. A step runs every scheduled token of every sequence as one flat
-batch: matrix products see all tokens at once; attention runs once for all single-token (decode)
-sequences, gathering their K/V by block table with ``index_select`` into one padded batch, and once
-per multi-token (prefill) chunk. Logits are computed only where a token is sampled.
+batch: matrix products see all tokens at once; attention runs once per group of single-token
+(decode) sequences of similar lengths, gathering their K/V by block table with ``index_select`` into
+one padded batch, and once per multi-token (prefill) chunk. Logits are computed only where a token
+is sampled.
+
+Gathered K/V land in two scratch buffers that live as long as the model. Allocating them per layer
+and step cost more than the attention itself once a gather passed glibc's mmap threshold (32 MiB):
+every such allocation is a fresh mapping, and its pages fault in again at every layer.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from ladle.errors import ConfigError
+from ladle import ConfigError
 
 from .config import ModelArgs
 
-__all__ = ["CausalLM", "Prefill", "StepInputs", "load_weights"]
+__all__ = ["CausalLM", "DecodeGroup", "Prefill", "StepInputs", "load_weights"]
 
 
 def load_weights(directory: Path, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -101,18 +106,45 @@ class Prefill:
 
 
 @dataclass
+class DecodeGroup:
+    """Single-token sequences ``[offset, offset + count)`` of the flat batch that attend together:
+    ``kv_index`` holds ``count * length`` cache slots (each sequence's, padded to ``length``) and
+    ``mask`` (``[count, 1, 1, length]``) marks the real ones (``None`` when nothing is padded)."""
+
+    offset: int
+    count: int
+    length: int
+    kv_index: torch.Tensor
+    mask: torch.Tensor | None
+
+
+@dataclass
 class StepInputs:
-    """One step's flat batch. Tokens ``[0, decodes)`` are single-token sequences; prefill chunks follow."""
+    """One step's flat batch. Tokens ``[0, decodes)`` are single-token sequences, in ``decode_groups``;
+    prefill chunks follow."""
 
     input_ids: torch.Tensor
     positions: torch.Tensor
     write_slots: torch.Tensor
     sample_rows: torch.Tensor
     decodes: int = 0
-    decode_index: torch.Tensor | None = None  # [decodes * decode_len] cache slots, padded
-    decode_len: int = 0
-    decode_mask: torch.Tensor | None = None  # [decodes, 1, 1, decode_len], None when nothing is padded
+    decode_groups: list[DecodeGroup] = field(default_factory=list)
     prefills: list[Prefill] = field(default_factory=list)
+
+
+class _Scratch:
+    """A flat buffer handed out as views of the asked size; it grows by half again when too small, so a
+    slowly growing demand (contexts lengthen by a token per step) reallocates only now and then."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self._buffer = torch.empty(0, dtype=dtype, device=device)
+
+    def view(self, *shape: int) -> torch.Tensor:
+        needed = math.prod(shape)
+        if needed > self._buffer.numel():
+            size = max(needed, self._buffer.numel() * 3 // 2)
+            self._buffer = torch.empty(size, dtype=self._buffer.dtype, device=self._buffer.device)
+        return self._buffer[:needed].view(shape)
 
 
 class CausalLM:
@@ -127,6 +159,8 @@ class CausalLM:
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
         self.block_size = 0
+        self._keys = _Scratch(self.dtype, self.device)
+        self._values = _Scratch(self.dtype, self.device)
         if args.family == "llama":
             self._load_llama(_Weights(tensors, "model.", source))
         else:
@@ -340,25 +374,25 @@ class CausalLM:
         k_cache.index_copy_(0, step.write_slots, k)
         v_cache.index_copy_(0, step.write_slots, v)
         out = q.new_empty(tokens, heads, hd)
-        n = step.decodes
-        if n:
-            assert step.decode_index is not None
-            length = step.decode_len
-            keys = k_cache.index_select(0, step.decode_index).view(n, length, kv_heads, hd).transpose(1, 2)
-            values = v_cache.index_select(0, step.decode_index).view(n, length, kv_heads, hd).transpose(1, 2)
+        for decodes in step.decode_groups:
+            n, length, stop = decodes.count, decodes.length, decodes.offset + decodes.count
+            keys = self._gather(self._keys, k_cache, decodes.kv_index)
+            values = self._gather(self._values, v_cache, decodes.kv_index)
+            keys = keys.view(n, length, kv_heads, hd).transpose(1, 2)
+            values = values.view(n, length, kv_heads, hd).transpose(1, 2)
             # One query per sequence: the heads of a KV group act as that group's queries (no K/V repeat).
-            grouped = q[:n].view(n, kv_heads, group, hd)
+            grouped = q[decodes.offset : stop].view(n, kv_heads, group, hd)
             result = F.scaled_dot_product_attention(
-                grouped, keys, values, attn_mask=step.decode_mask, scale=scale
+                grouped, keys, values, attn_mask=decodes.mask, scale=scale
             )
-            out[:n] = result.reshape(n, heads, hd)
+            out[decodes.offset : stop] = result.reshape(n, heads, hd)
         for chunk in step.prefills:
             stop = chunk.offset + chunk.length
             if chunk.kv_index is None:
                 keys, values = k[chunk.offset : stop], v[chunk.offset : stop]
             else:
-                keys = k_cache.index_select(0, chunk.kv_index)
-                values = v_cache.index_select(0, chunk.kv_index)
+                keys = self._gather(self._keys, k_cache, chunk.kv_index)
+                values = self._gather(self._values, v_cache, chunk.kv_index)
             result = F.scaled_dot_product_attention(
                 q[chunk.offset : stop].transpose(0, 1).unsqueeze(0),
                 keys.transpose(0, 1).unsqueeze(0),
@@ -370,3 +404,8 @@ class CausalLM:
             )
             out[chunk.offset : stop] = result[0].transpose(0, 1)
         return out.view(tokens, heads * hd)
+
+    @staticmethod
+    def _gather(scratch: _Scratch, cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``cache[index]``, written into ``scratch`` (valid until the next gather into it)."""
+        return torch.index_select(cache, 0, index, out=scratch.view(index.shape[0], *cache.shape[1:]))

@@ -24,13 +24,19 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ladle.errors import ConfigError
-from ladle.generation import CacheSpec, SamplingParams, StepItem, StepRuntime
-from ladle.kvcache import blocks_for_budget
-from ladle.runtime import RuntimeSpec
+from ladle import (
+    CacheSpec,
+    ConfigError,
+    RuntimeSpec,
+    SamplingParams,
+    StepItem,
+    StepRuntime,
+    blocks_for_budget,
+)
 
 from .config import ModelArgs, read_config
-from .model import CausalLM, Prefill, StepInputs, load_weights
+from .grouping import length_groups
+from .model import CausalLM, DecodeGroup, Prefill, StepInputs, load_weights
 from .tokenizer import CheckpointTokenizer
 
 __all__ = ["CausalLMRuntime", "parse_bytes"]
@@ -44,6 +50,9 @@ DTYPES = {
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _CPU_BUDGET = 512 * 2**20
 _ACTIVATION_RESERVE = 1 << 30  # CUDA memory left for activations when sizing the cache
+# The fixed cost of one more decode attention group, in gathered K/V elements per layer (measured on
+# CPU: one gather pair and one attention call cost about as much as moving this many elements).
+_GROUP_OVERHEAD_ELEMENTS = 32768
 
 
 def parse_bytes(value: object, key: str) -> int:
@@ -238,9 +247,10 @@ class CausalLMRuntime(StepRuntime):
             decodes=len(decode),
         )
         if decode:
+            decode.sort(key=lambda i: items[i].start)  # by context length: each group is one run of rows
             starts = np.fromiter((items[i].start for i in decode), dtype=np.int64, count=len(decode))
             lengths = starts + 1
-            width = int(-(-lengths.max() // size))
+            width = int(-(-lengths[-1] // size))
             table = np.zeros((len(decode), width), dtype=np.int64)
             for row, i in enumerate(decode):
                 blocks = items[i].block_table
@@ -248,15 +258,17 @@ class CausalLMRuntime(StepRuntime):
                 table[row, :used] = blocks[:used]
                 ids.append(items[i].tokens[0])
             slots = (table[:, :, None] * size + offsets).reshape(len(decode), -1)
-            length = int(lengths.max())
-            slots = slots[:, :length]
             positions.append(starts)
             writes.append(slots[np.arange(len(decode)), starts])
-            inputs.decode_index = self._tensor(np.ascontiguousarray(slots).ravel(), model)
-            inputs.decode_len = length
-            if (lengths != length).any():
-                mask = np.arange(length)[None, :] < lengths[:, None]
-                inputs.decode_mask = self._tensor(mask, model).view(len(decode), 1, 1, length)
+            overhead = _GROUP_OVERHEAD_ELEMENTS / (model.args.num_kv_heads * model.args.head_dim)
+            for first, stop in length_groups(lengths.tolist(), overhead):
+                length = int(lengths[stop - 1])
+                index = self._tensor(np.ascontiguousarray(slots[first:stop, :length]).ravel(), model)
+                mask = None
+                if lengths[first] != length:
+                    padded = np.arange(length)[None, :] < lengths[first:stop, None]
+                    mask = self._tensor(padded, model).view(stop - first, 1, 1, length)
+                inputs.decode_groups.append(DecodeGroup(first, stop - first, length, index, mask))
             for row, i in enumerate(decode):
                 if items[i].sample:
                     sample_rows.append(row)

@@ -17,8 +17,7 @@ from typing import Any
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
-from ladle.errors import ConfigError, InvalidRequestError, MissingDependencyError
-from ladle.generation import ChatMessage, IncrementalDecoder
+from ladle import ChatMessage, ConfigError, IncrementalDecoder, InvalidRequestError, MissingDependencyError
 
 __all__ = ["DEFAULT_CHAT_TEMPLATE", "DEFAULT_GENERATION_PROMPT", "CheckpointTokenizer"]
 

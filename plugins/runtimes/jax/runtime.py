@@ -20,10 +20,18 @@ import jax  # after the allocation setting above
 import numpy as np
 from jax import export
 
-from ladle import Arrays, Batch, InvalidInputError, Runtime, Signature, TensorSpec
-from ladle.errors import ConfigError
-from ladle.runtime import named_input, run_fixed_batches
-from ladle.tensors import DATATYPES
+from ladle import (
+    DATATYPES,
+    Arrays,
+    Batch,
+    ConfigError,
+    InvalidInputError,
+    Runtime,
+    Signature,
+    TensorSpec,
+    named_input,
+    run_fixed_batches,
+)
 
 from . import ARTIFACT
 

@@ -15,9 +15,17 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from ladle import Arrays, Batch, InvalidInputError, Runtime, Signature, TensorSpec
-from ladle.errors import ConfigError
-from ladle.runtime import named_input, run_fixed_batches
+from ladle import (
+    Arrays,
+    Batch,
+    ConfigError,
+    InvalidInputError,
+    Runtime,
+    Signature,
+    TensorSpec,
+    named_input,
+    run_fixed_batches,
+)
 
 from . import ARTIFACT
 

@@ -22,9 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from ladle import Arrays, Batch, Runtime, Signature
-from ladle.errors import ConfigError
-from ladle.runtime import process_rss_bytes
+from ladle import Arrays, Batch, ConfigError, Runtime, Signature, process_rss_bytes
 
 from . import HANDLER_FILE
 

@@ -6,7 +6,16 @@ Three artifact kinds, tried in this order in the version directory:
   (names, dtypes, dynamic dimensions) comes from the program; one exported with a static batch
   dimension is served in slices of that size (``max_batch_rows``).
 - ``model.pt`` / ``model.ts``: TorchScript, loaded with ``torch.jit.load`` (TorchScript's own
-  restricted format, not Python pickle); its signature comes from config.
+  restricted format, not Python pickle). TorchScript records no shapes or dtypes, so such a model
+  states no signature (its metadata lists no inputs) until its config gives one, e.g. in
+  ``model.toml``::
+
+      signature = { inputs = [{ name = "input", datatype = "FP32", shape = [-1, 30] }],
+                    outputs = [{ name = "probability", datatype = "FP32", shape = [-1] }] }
+
+  With it, wrong names, dtypes and shapes are refused (422) before the model runs; without it,
+  the shape and dtype errors the module raises are answered 400 (``InvalidInputError``) naming
+  the input and what the model expected, never with TorchScript's traceback.
 - ``model.pt`` holding a pickled ``nn.Module`` (``torch.save(model)``): unpickling runs arbitrary
   code, so it is loaded only when the model sets ``trust_code``.
 
@@ -20,6 +29,7 @@ import inspect
 import io
 import json
 import logging
+import re
 import warnings
 import zipfile
 from collections.abc import Iterable
@@ -30,9 +40,18 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from ladle import Arrays, Batch, InvalidInputError, Runtime, Signature, TensorSpec
-from ladle.errors import ConfigError
-from ladle.runtime import named_input, run_fixed_batches
+from ladle import (
+    Arrays,
+    Batch,
+    ConfigError,
+    InvalidInputError,
+    Runtime,
+    Signature,
+    TensorSpec,
+    datatype_of,
+    named_input,
+    run_fixed_batches,
+)
 
 from . import ARTIFACTS
 
@@ -282,13 +301,33 @@ class TorchRuntime(Runtime):
                     result = self.module(*tensors)
         except Exception as exc:
             message = client_error(exc)
-            if message is None:
+            if message is not None:
+                raise InvalidInputError(message) from None
+            reason = shape_error(exc)
+            if reason is None:
                 raise
-            raise InvalidInputError(message) from None
+            names = self.input_names
+            details = {"input": names[0]} if len(names) == 1 else {"inputs": list(names)}
+            raise InvalidInputError(self._misfit(inputs, reason), **details) from None
         items = output_items(result)
         if self.output_names:
             items = list(zip(self.output_names, (value for _, value in items), strict=False))
         return {name: _numpy(value) for name, value in items}
+
+    def _misfit(self, inputs: Arrays, reason: str) -> str:
+        """What a shape or dtype error means to the client: what it sent, and what the model said."""
+        sent = ", ".join(
+            f"{name!r} of shape {list(inputs[name].shape)} ({datatype_of(inputs[name])})"
+            for name in self.input_names
+        )
+        subject = f"input {sent} does" if len(self.input_names) == 1 else f"inputs {sent} do"
+        message = f"{subject} not fit the model: {reason}"
+        if self.signature() is None:
+            message += (
+                "; the model states no signature, so its config can give one (signature = {...} in "
+                "model.toml) and wrong shapes are then refused before it runs"
+            )
+        return message
 
     def memory_bytes(self) -> int:
         return self.model_bytes
@@ -317,6 +356,34 @@ def client_error(exc: BaseException) -> str | None:
         if last.startswith(("builtins.ValueError", "builtins.IndexError")) or "index out of range" in last:
             return last.removeprefix("builtins.")
     return None
+
+
+#: How torch's kernels word a tensor of the wrong shape or dtype (the message's last line).
+_SHAPE_OR_DTYPE = re.compile(
+    r"shapes cannot be multiplied|size mismatch|must match the size of tensor|is invalid for input of size"
+    r"|dimension out of range|expected \d+d .*input|to have \d+ channels|kernel size can't be greater"
+    r"|same dtype|scalar type|expected .*dtype|number of dimensions",
+    re.IGNORECASE,
+)
+#: A file path (TorchScript's original-code traceback names them), scrubbed from any message.
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.@+-]+){2,}")
+
+
+def shape_error(exc: BaseException) -> str | None:
+    """torch's own reason when ``exc`` is a kernel refusing a tensor's shape or dtype, else ``None``.
+
+    TorchScript wraps the kernel's error in its interpreter traceback (serialized code, then the
+    original code with file paths); only the last line, the kernel's message, is kept.
+    """
+    if not isinstance(exc, RuntimeError | torch.jit.Error):
+        return None
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    reason = re.sub(r"^(?:builtins\.)?\w*(?:Error|Exception): ", "", lines[-1])
+    if not _SHAPE_OR_DTYPE.search(reason):
+        return None
+    return _PATH.sub("<path>", reason)
 
 
 def _numpy(value: Any) -> np.ndarray[Any, Any]:

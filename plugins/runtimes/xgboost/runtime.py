@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import xgboost
 
-from ladle import Arrays, Batch, InvalidInputError, Runtime, Signature, TensorSpec
-from ladle.errors import ConfigError
+from ladle import Arrays, Batch, ConfigError, InvalidInputError, Runtime, Signature, TensorSpec
 
 from . import ARTIFACTS
 from .dense import DensePredictor

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .envelope import Arrays, Batch
-from .errors import DeadlineExceededError, LadleError, RequestCancelledError, RuntimeFailureError
-from .runtime import Runtime
+from ..envelope import Arrays, Batch
+from ..errors import DeadlineExceededError, LadleError, RequestCancelledError, RuntimeFailureError
+from ..runtime import Runtime
 
 __all__ = ["ItemResult", "execute_isolated"]
 

@@ -21,19 +21,22 @@ from __future__ import annotations
 import random
 import time
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from hashlib import blake2b
 from typing import Any, ClassVar
 
-from ..envelope import InferenceRequest
-from ..errors import ConfigError, InvalidRequestError, ModelNotReadyError
-from ..routing import Route, Router, RoutingTable, Target
+from pydantic import Field
+
+from .envelope import InferenceRequest
+from .errors import InvalidRequestError, ModelNotReadyError
+from .options import PluginOptions, parse_options
+from .routing import Route, Router, RoutingTable, Target
 
 __all__ = [
     "BUCKETS",
+    "WeightedOptions",
     "WeightedRouter",
     "WeightedSplit",
-    "check_options",
     "normalise_weights",
     "stable_bucket",
 ]
@@ -140,48 +143,35 @@ class WeightedSplit:
         return self.pick() if key is None else self.for_key(key)
 
 
-def check_options(router: str, options: Mapping[str, Any], allowed: Iterable[str]) -> None:
-    """Refuse option names a router does not know (``ConfigError`` naming them and the known ones)."""
-    known = set(allowed)
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(
-            f"router {router!r} has no option {', '.join(map(repr, unknown))}; "
-            f"known: {', '.join(sorted(known)) or 'none'}",
-            router=router,
-            unknown=unknown,
-        )
+class WeightedOptions(PluginOptions):
+    """Options of every weighted router (see the module docstring for ``run`` and ``run_ms``)."""
+
+    sticky: bool = True
+    run: int | None = Field(default=None, ge=1, description="keyless requests per draw")
+    run_ms: float = Field(default=20.0, gt=0, description="milliseconds a run may last")
 
 
 class WeightedRouter(Router):
     """Routes by the table's weights: sticky on ``request.routing_key`` unless ``sticky = false``,
     random in proportion to the weights, in runs (``run``, ``run_ms``), for requests without a key.
 
-    The resolved split is cached per table object; tables are immutable and swapped whole, so an
-    identity check is enough to notice a traffic change.
+    Subclasses extend ``options_model`` (a ``WeightedOptions`` subclass) with their own options;
+    the parsed options are ``self.settings``. The resolved split is cached per table object; tables
+    are immutable and swapped whole, so an identity check is enough to notice a traffic change.
     """
 
     name: ClassVar[str] = "weighted"
-    option_names: ClassVar[frozenset[str]] = frozenset({"sticky", "run", "run_ms"})
+    splits_weights: ClassVar[bool] = True
+    options_model: ClassVar[type[WeightedOptions]] = WeightedOptions
     #: Keyless requests per draw unless configured.
     default_run: ClassVar[int] = 256
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         super().__init__(options)
-        check_options(self.name, self.options, self.option_names)
-        self.sticky = bool(self.options.get("sticky", True))
-        run = self.options.get("run", self.default_run)
-        run_ms = self.options.get("run_ms", 20.0)
-        if isinstance(run, bool) or not isinstance(run, int) or run < 1:
-            raise ConfigError(
-                f"router {self.name!r}: run must be an integer >= 1, got {run!r}", router=self.name
-            )
-        if isinstance(run_ms, bool) or not isinstance(run_ms, int | float) or run_ms <= 0:
-            raise ConfigError(
-                f"router {self.name!r}: run_ms must be a positive number, got {run_ms!r}", router=self.name
-            )
-        self.run = run
-        self.run_seconds = float(run_ms) / 1000.0
+        self.settings = parse_options(self.options_model, self.options, f"router {self.name!r}")
+        self.sticky = self.settings.sticky
+        self.run = self.settings.run if self.settings.run is not None else self.default_run
+        self.run_seconds = self.settings.run_ms / 1000.0
         self._cache: tuple[RoutingTable, WeightedSplit] | None = None
 
     def build(self, table: RoutingTable) -> WeightedSplit:
@@ -203,6 +193,3 @@ class WeightedRouter(Router):
         if key is not None and self.sticky:
             return split.for_key(key)
         return split.pick_in_runs(self.run, self.run_seconds) if self.run > 1 else split.pick()
-
-    def check_weights(self, weights: Mapping[str, float]) -> None:
-        """Refuse a split this router cannot serve (``InvalidRequestError``); any split is fine here."""

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from .envelope import Arrays, Batch, BatchItem
-from .errors import InstanceFailedError, LadleError, ModelNotReadyError
-from .execution import ItemResult, execute_isolated
-from .instance import Executor, RuntimeInfo, build_runtime
-from .plugin_host import PluginHost
-from .runtime import Runtime, RuntimeSpec, process_rss_bytes
-from .threads import apply_process_budget
+from ..envelope import Arrays, Batch, BatchItem
+from ..errors import InstanceFailedError, LadleError, ModelNotReadyError
+from ..plugin_host import PluginHost
+from ..runtime import Runtime, RuntimeSpec, process_rss_bytes
+from ..threads import apply_process_budget
+from .base import Executor, RuntimeInfo, build_runtime
+from .isolation import ItemResult, execute_isolated
 
 __all__ = ["Arena", "ProcessExecutor"]
 
@@ -116,6 +116,7 @@ def _child_main(conn: Connection, spec_data: dict[str, Any], disabled: list[str]
     inbound = Arena(owner=False)
     outbound = Arena(owner=True)
     runtime: Runtime | None = None
+    host: PluginHost | None = None
     rss_before = process_rss_bytes()
     try:
         while True:
@@ -134,9 +135,10 @@ def _child_main(conn: Connection, spec_data: dict[str, Any], disabled: list[str]
                     runtime.load()
                     conn.send(("ok", None))
                 elif kind == "warmup":
-                    assert runtime is not None
+                    assert runtime is not None and host is not None
                     runtime.warmup()
-                    conn.send(("ok", RuntimeInfo.of(runtime, rss_before)))
+                    declared = host.get("runtime", spec.plugin).capabilities
+                    conn.send(("ok", RuntimeInfo.of(runtime, rss_before, declared)))
                 elif kind == "execute":
                     assert runtime is not None
                     _, path, layout, by_pipe, items = message
@@ -213,6 +215,11 @@ class ProcessExecutor(Executor):
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment variables the worker process starts with, beyond the front's own."""
+        return dict(self._env)
 
     def _roundtrip(self, message: tuple[Any, ...]) -> Any:
         conn = self._conn

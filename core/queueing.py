@@ -1,6 +1,7 @@
-"""The queueing engine shared by the passthrough and dynamic batchers.
+"""The queueing engine of batchers that run in the front process (the passthrough and dynamic ones).
 
-It owns everything except the choice of which queued requests form the next batch:
+A batcher plugin subclasses ``QueueingBatcher`` and writes ``_take``: which queued requests form the
+next batch. The engine owns everything else:
 
 - admission: refuses at once in ``submit`` (413 too many rows, 503 queue full or not serving,
   504 deadline already passed) instead of queueing work that can never be served;
@@ -30,14 +31,13 @@ import math
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from ladle.batching import Batcher, BatchObserver, ReplicaSet, expire
-from ladle.config import validation_error
-from ladle.envelope import Arrays, Batch, InferenceRequest, Priority
-from ladle.errors import (
+from .batching import Batcher, BatchObserver, ReplicaSet, expire
+from .envelope import Arrays, Batch, InferenceRequest, Priority
+from .errors import (
     DeadlineExceededError,
     LadleError,
     ModelNotReadyError,
@@ -45,12 +45,13 @@ from ladle.errors import (
     RuntimeFailureError,
     ServerBusyError,
 )
-from ladle.instance import Instance
-from ladle.runtime import InstanceState
+from .instance import Instance
+from .options import PluginOptions, parse_options
+from .runtime import InstanceState
 
-__all__ = ["CANCELLED", "Entry", "QueueOptions", "QueueingBatcher", "Taken", "parse_options"]
+__all__ = ["CANCELLED", "QueueEntry", "QueueOptions", "QueueingBatcher", "Taken"]
 
-Entry = tuple[InferenceRequest, "asyncio.Future[Arrays]"]
+QueueEntry = tuple[InferenceRequest, "asyncio.Future[Arrays]"]
 Taken = tuple[list[InferenceRequest], list["asyncio.Future[Arrays]"]]
 
 #: The code reported to the observer for requests skipped because they were cancelled.
@@ -63,25 +64,12 @@ _LIVE = (InstanceState.LOADING, InstanceState.WARMING, InstanceState.READY)
 _TIMER_SLACK = 0.001
 
 
-class QueueOptions(BaseModel):
+class QueueOptions(PluginOptions):
     """Options every queueing batcher takes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_queue_size: int = Field(default=1024, ge=1, description="queued requests before 503")
     instance_concurrency: int = Field(default=1, ge=1, description="batches in flight per instance")
     retry_after: float = Field(default=1.0, gt=0, description="Retry-After of a 503, seconds")
-
-
-OptionsT = TypeVar("OptionsT", bound=BaseModel)
-
-
-def parse_options(model: type[OptionsT], options: Mapping[str, Any], what: str) -> OptionsT:
-    """Validate plugin options at configuration time; a ``ConfigError`` names each bad option."""
-    try:
-        return model.model_validate(dict(options))
-    except ValidationError as exc:
-        raise validation_error(f"{what} options", exc) from None
 
 
 class QueueingBatcher(Batcher):
@@ -104,7 +92,9 @@ class QueueingBatcher(Batcher):
         self.settings = parse_options(self.options_model, options, f"batcher {self.plugin_name!r}")
         self._max_queue_size = self.settings.max_queue_size
         self._concurrency = self.settings.instance_concurrency
-        self._lanes: list[deque[Entry]] = [deque() for _ in range(len(Priority) if self.prioritised else 1)]
+        self._lanes: list[deque[QueueEntry]] = [
+            deque() for _ in range(len(Priority) if self.prioritised else 1)
+        ]
         self._queued = 0
         self._queued_rows = 0
         self._dispatched = 0  # requests handed to instances and not yet answered
@@ -306,7 +296,9 @@ class QueueingBatcher(Batcher):
         self._queued -= count
         self._queued_rows -= rows
 
-    def _drop(self, expired: list[Entry], cancelled: list[Entry], too_large: list[Entry]) -> None:
+    def _drop(
+        self, expired: list[QueueEntry], cancelled: list[QueueEntry], too_large: list[QueueEntry]
+    ) -> None:
         """Answer requests that leave the queue without running; one observer call per kind."""
         if expired:
             for request, future in expired:
@@ -340,14 +332,14 @@ class QueueingBatcher(Batcher):
         self._deadline_timer = None
         self._deadline_at = math.inf
         now = time.monotonic()
-        expired: list[Entry] = []
-        cancelled: list[Entry] = []
+        expired: list[QueueEntry] = []
+        cancelled: list[QueueEntry] = []
         earliest = math.inf
         removed_rows = 0
         for lane in self._lanes:
             if not lane:
                 continue
-            kept: list[Entry] = []
+            kept: list[QueueEntry] = []
             for entry in lane:
                 request, future = entry
                 deadline = request.deadline

@@ -1,0 +1,69 @@
+"""Noticing clients that go away while their request is queued or running.
+
+ASGI reports a disconnect only to a ``receive()`` call that is waiting for it, and a task per
+request just to wait would cost more than the rest of a fast request. So requests are tracked in
+two generations swapped by one timer tick: a request still unanswered one to two ticks after it
+arrived gets a task that waits for ``http.disconnect`` and then abandons the request
+(``CancelSignal.abandon``: the admission pipeline cancels its future or aborts its stream).
+Requests answered within a tick never cost a task; a stream is watched from its first byte. Once
+the answer is out (``CancelSignal.finish``), the server's own ``http.disconnect`` (which ASGI
+servers send when the response completes) ends a waiting task without effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import Receive
+
+from ..envelope import CancelSignal
+
+__all__ = ["DisconnectWatch", "watch_now"]
+
+Tracked = tuple[Receive, CancelSignal]
+
+
+def watch_now(receive: Receive, cancel: CancelSignal) -> asyncio.Task[None]:
+    """Wait for the client to go away from now on (long answers: streams)."""
+    return asyncio.get_running_loop().create_task(_wait(receive, cancel))
+
+
+async def _wait(receive: Receive, cancel: CancelSignal) -> None:
+    while not cancel.finished:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            cancel.abandon()  # a no-op once the answer went out
+            return
+
+
+class DisconnectWatch:
+    """The watch over one server's HTTP requests (see the module docstring)."""
+
+    def __init__(self, tick: float = 0.025) -> None:
+        self.tick = tick
+        #: Requests that arrived since the last tick: the caller appends ``(receive, cancel)`` once the
+        #: body is read (one receiver at a time), then calls ``start`` when ``timer`` is ``None``.
+        self.young: list[Tracked] = []
+        self._old: list[Tracked] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def track(self, receive: Receive, cancel: CancelSignal) -> None:
+        """Watch a request whose body has been read, until ``cancel.finish()``."""
+        self.young.append((receive, cancel))
+        if self.timer is None:
+            self.start()
+
+    def start(self) -> None:
+        self.timer = asyncio.get_running_loop().call_later(self.tick, self._rotate)
+
+    def _rotate(self) -> None:
+        for receive, cancel in self._old:
+            if not cancel.finished:
+                task = watch_now(receive, cancel)
+                self._tasks.add(task)  # held until done: the loop keeps only weak references
+                task.add_done_callback(self._tasks.discard)
+        self._old, self.young = self.young, []
+        self.timer = None
+        if self._old:
+            self.start()
