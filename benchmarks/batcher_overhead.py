@@ -27,17 +27,21 @@ from ladle import (
     Arrays,
     Batch,
     Batcher,
+    Executor,
     InferenceRequest,
     Instance,
+    ItemResult,
     PluginHost,
     ReplicaSet,
     Runtime,
+    RuntimeCapabilities,
     RuntimeInfo,
     RuntimeSpec,
     ThreadExecutor,
+    build_runtime,
+    execute_isolated,
     hookimpl,
 )
-from ladle.executors import Executor, ItemResult, build_runtime, execute_isolated
 from ladle.plugins.batchers.dynamic.batcher import DynamicBatcher
 from ladle.plugins.batchers.passthrough.batcher import PassthroughBatcher
 
@@ -68,7 +72,7 @@ class InlineExecutor(Executor):
         self.runtime.load()
 
     async def warmup(self) -> RuntimeInfo:
-        return RuntimeInfo.of(self.runtime, 0)
+        return RuntimeInfo.of(self.runtime, 0, RuntimeCapabilities())
 
     async def execute(self, batch: Batch) -> list[ItemResult]:
         return execute_isolated(self.runtime, batch)

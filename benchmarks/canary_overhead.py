@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import faulthandler
 import gc
+import json
 import statistics
 import tempfile
 import time
@@ -296,9 +297,16 @@ async def shadow(repo: Path, seconds: float, repeat: int, work_ms: float, client
     await manager.close(5)
 
 
+#: Every printed table's medians, ``{table: {row: {column: median}}}`` (written by ``--json``).
+RESULTS: dict[str, dict[str, dict[str, float]]] = {}
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> None:
     """Rows of medians; each numeric column also as a ratio to the first row."""
     medians = [[row[0], *[statistics.median(cell) for cell in row[1:]]] for row in rows]
+    RESULTS[f"{len(RESULTS) + 1}. {header[0] or 'table'}"] = {
+        str(row[0]): dict(zip(header[1:], row[1:], strict=True)) for row in medians
+    }
     print("   " + " | ".join(f"{h:>22}" for h in header))
     for row in medians:
         cells = [f"{row[0]:>22}"]
@@ -318,13 +326,17 @@ def main() -> None:
         "--work-ms", type=float, default=0.5, help="runtime work per batch in the shadow runs"
     )
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients in the shadow runs")
+    parser.add_argument("--json", type=Path, help="also write every table's medians to this file")
+    parser.add_argument("--repeat-min", type=int, default=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    repeat = max(5, args.repeat)
+    repeat = max(args.repeat_min, args.repeat)
     with tempfile.TemporaryDirectory() as tmp:
         repo = _repository(Path(tmp))
         asyncio.run(route_and_submit(repo, args.requests, repeat))
         asyncio.run(in_process(repo, args.requests, repeat))
         asyncio.run(shadow(repo, args.seconds, repeat, args.work_ms, args.clients))
+    if args.json is not None:
+        args.json.write_text(json.dumps(RESULTS, indent=2))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,11 @@ continuous batching in this process (``continuous_batching_context_manager``: it
 ``sdpa`` attention, one ``add_request`` per request with that request's ``max_new_tokens``), on one
 seeded workload (48 requests, prompts 16-256 tokens, outputs uniform in 8-256, greedy, end of
 sequence ignored) and two ~15M-parameter random-weight models: a Llama-style one and a GPT-2 one.
-Repetitions alternate the two contenders; it prints each one's tokens/s (median, min-max), the ratio
-and how many sequences came back token-identical. Both get the same number of threads.
+Repetitions alternate the two contenders; it prints each one's tokens/s (median, min-max) and tokens
+per CPU-second of the computing process (ladle's server; this process for transformers), the ratios
+(medians over repetitions of each adjacent pair) and how many sequences came back token-identical.
+Both get the same number of threads and a 512 MiB KV cache. On a machine shared with other work the
+CPU-time ratio is the steadier one.
 
     python benchmarks/generation.py                 # 64 requests per workload
     python benchmarks/generation.py --quick         # 24 requests, lognormal only, shorter TTFT run

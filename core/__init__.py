@@ -41,9 +41,19 @@ from .errors import (
     RuntimeFailureError,
     ServerBusyError,
     SignatureMismatchError,
+    TooManyRequestsError,
     UnauthorizedError,
 )
-from .executors import Executor, ProcessExecutor, RuntimeInfo, ThreadExecutor, make_executor
+from .executors import (
+    Executor,
+    ItemResult,
+    ProcessExecutor,
+    RuntimeInfo,
+    ThreadExecutor,
+    build_runtime,
+    execute_isolated,
+    make_executor,
+)
 from .generation import (
     CacheSpec,
     ChatMessage,
@@ -114,6 +124,7 @@ __all__ = [
     "InstanceState",
     "InvalidInputError",
     "InvalidRequestError",
+    "ItemResult",
     "KVCacheManager",
     "LadleError",
     "MissingDependencyError",
@@ -162,6 +173,7 @@ __all__ = [
     "TensorSpec",
     "TextTokenizer",
     "ThreadExecutor",
+    "TooManyRequestsError",
     "TraceContext",
     "UnauthorizedError",
     "Usage",
@@ -172,7 +184,9 @@ __all__ = [
     "__version__",
     "as_tuple",
     "blocks_for_budget",
+    "build_runtime",
     "datatype_of",
+    "execute_isolated",
     "format_bytes",
     "hookimpl",
     "hookspec",

@@ -18,7 +18,7 @@ wherever it is: a queued tensor request is dropped before it runs, a generation 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -414,10 +414,25 @@ class Admission:
     """
 
     def __init__(
-        self, lookup: Callable[[str], ModelEndpoint], listener: AnswerListener | None = None
+        self,
+        lookup: Callable[[str], ModelEndpoint],
+        listener: AnswerListener | None = None,
+        served: Container[str] | None = None,
     ) -> None:
         self._lookup = lookup
         self.answered: AnswerListener = listener or _no_listener
+        #: The names of served models; a refusal naming another model is counted under ``""``, so
+        #: clients cannot create one metric series per made-up name.
+        self._served: Container[str] = served if served is not None else _Everything()
+
+    def refused(self, model: str, protocol: str, error: LadleError) -> None:
+        """Count an answer an adapter refused before the pipeline saw the request (an unknown model,
+        a body that does not decode)."""
+        if error.counted:
+            return
+        error.counted = True
+        name = model if model in self._served else ""
+        self.answered(InferenceRequest(name, {}, protocol=protocol), None, error.status)
 
     # the pipeline -------------------------------------------------------------------------------
 
@@ -527,4 +542,15 @@ class Admission:
         version = pending.version if pending is not None else request.version
         if version is not None and VERSION_HEADER not in error.headers:
             error.headers[VERSION_HEADER] = version
+        if request.model not in self._served:
+            self.refused(request.model, request.protocol, error)
+            return
+        error.counted = True
         self.answered(request, version, error.status)
+
+
+class _Everything:
+    """A container holding every name (an ``Admission`` told of no served models counts them all)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from .envelope import Arrays, InferenceRequest
+from .envelope import Arrays, InferenceRequest, Priority
 from .errors import DeadlineExceededError, InvalidRequestError
 from .instance import Instance
 
@@ -70,13 +70,26 @@ class NullObserver:
 
 
 class ReplicaSet:
-    """The instances serving one version; placements add and remove instances here."""
+    """The instances serving one version; placements add and remove instances here.
+
+    Only the control path changes it (the scaling loop and the supervisor, through
+    ``ladle.replica_control``): an instance joins once it is ready and leaves before it drains, and
+    ``changed`` tells the batcher. ``pending`` counts instances being started for the set (not in
+    it yet) and ``ready_at`` estimates when the first of them is ready (``time.monotonic()``; 0:
+    unknown). ``standby`` is true while the version has no instance on purpose (scaled to zero);
+    ``wake``, when set, is what a batcher calls when a request finds no live instance and nothing
+    pending: it starts one if the version's policy allows, and says whether one is on its way.
+    """
 
     def __init__(self, model: str, version: str) -> None:
         self.model = model
         self.version = version
         self.instances: list[Instance] = []
         self.changed = asyncio.Event()
+        self.pending = 0
+        self.ready_at = 0.0
+        self.standby = False
+        self.wake: Callable[[], bool] | None = None
 
     def add(self, instance: Instance) -> None:
         self.instances.append(instance)
@@ -155,6 +168,20 @@ class Batcher(ABC):
     @property
     def in_flight(self) -> int:
         return sum(i.in_flight for i in self.replicas.instances)
+
+    @property
+    def ongoing(self) -> int:
+        """Requests queued plus running: what queue-depth autoscaling reads."""
+        return self.queue_depth + self.in_flight
+
+    async def release(self, instance: Instance, timeout: float) -> None:  # noqa: B027 - optional hook
+        """``instance`` left the replica set and is about to stop: finish (within ``timeout``) the work
+        this batcher runs on it outside ``Instance.execute`` — a generation engine beside it, say."""
+
+    def predicted_wait(self, priority: Priority = Priority.NORMAL) -> float | None:
+        """Seconds a request of ``priority`` arriving now would wait for its answer (``None``: the
+        batcher does not predict)."""
+        return None
 
 
 def expire(future: asyncio.Future[Arrays], request: InferenceRequest) -> None:

@@ -22,9 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "traffic": ("traffic", "set the traffic split of a model's versions"),
     "rollback": ("rollback", "roll a model back to its previous stable version"),
     "status": ("status", "show deployments and their history"),
+    "scale": ("scale", "set a served version's replicas (its floor under autoscaling)"),
     "plan": ("plan", "dry run: which model instance goes on which GPU"),
     "new": ("new", "scaffold a model service or a plugin package"),
     "k8s": ("k8s", "dry run: Kubernetes manifests for a config"),
+    "batch": ("batch", "score a file of records offline, without a server (resumable)"),
 }
 
 

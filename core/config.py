@@ -28,13 +28,17 @@ from .options import validation_error
 __all__ = [
     "MODEL_CONFIG_FILE",
     "SERVER_CONFIG_FILE",
+    "JobsSection",
     "ModelConfig",
     "PluginChoice",
     "Resources",
     "ServerConfig",
+    "Speculative",
+    "Supervision",
     "VersionPolicy",
     "load_server_config",
     "merge_model_config",
+    "model_config_sources",
     "validation_error",
 ]
 
@@ -96,8 +100,45 @@ class Resources(_Strict):
         return None if value is None else memory_bytes(value)
 
 
+class Supervision(_Strict):
+    """How the supervisor replaces a model's failed instances (``ladle.supervisor``): the first
+    failure within ``restart_window`` seconds is replaced at once, each further one after ``backoff``
+    seconds doubling up to ``max_backoff``; a version with more than ``max_restarts`` failures in the
+    window is *exhausted* (still retried, every ``max_backoff``), and a model whose versions are all
+    exhausted with no ready instance makes ``/v2/health/live`` answer 503."""
+
+    backoff: float = Field(default=1.0, gt=0, description="seconds before the second replacement")
+    max_backoff: float = Field(default=60.0, gt=0)
+    max_restarts: int = Field(default=5, ge=1, description="failures in the window before giving up")
+    restart_window: float = Field(default=600.0, gt=0, description="seconds failures are counted over")
+
+
+class Speculative(_Strict):
+    """Speculative decoding: ``draft`` names another model of the repository with the same tokenizer
+    that proposes ``num_tokens`` tokens per decoding sequence and step, which this model verifies
+    (checked when the config is merged: ``ladle.speculative``)."""
+
+    draft: str | None = Field(default=None, description="the draft model's name in the repository")
+    num_tokens: int = Field(default=4, ge=1, le=16, description="draft tokens per sequence and step")
+
+
+class LatencySlo(_Strict):
+    """A model's latency objectives, in seconds: ``p99`` of whole requests; for generative models
+    ``ttft`` (time to first token) and ``itl`` (time between tokens), both at the 95th percentile.
+    Reported against in ``/api/v1/stats`` and ``ladle top``; a scaling policy reads a breach as a
+    reason to add an instance (``VersionMetrics.slo_breached``)."""
+
+    p99: float | None = Field(default=None, gt=0)
+    ttft: float | None = Field(default=None, gt=0)
+    itl: float | None = Field(default=None, gt=0)
+
+
 class ModelConfig(_Strict):
-    """Settings of one model; every field is optional so sources can be layered."""
+    """Settings of one model; every field is optional so sources can be layered.
+
+    ``instances`` is the fixed instance count; with an autoscaling ``scaling`` policy, the count a
+    version starts with (and its floor unless the policy sets ``min_instances``).
+    """
 
     runtime: str | None = None
     executor: Literal["thread", "process"] = "thread"
@@ -114,6 +155,8 @@ class ModelConfig(_Strict):
         description="the router a traffic split switches to when the model's router cannot split weights",
     )
     placement: PluginChoice = PluginChoice(name="fixed")
+    scaling: PluginChoice = PluginChoice(name="fixed")
+    supervision: Supervision = Supervision()
     signature: dict[str, Any] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     traffic: dict[str, float] = Field(
@@ -124,6 +167,8 @@ class ModelConfig(_Strict):
         default_factory=dict, description="circuit breaker, fallback and response cache (ladle.deployments)"
     )
     resources: Resources = Resources()
+    speculative: Speculative | None = None
+    latency_slo: LatencySlo | None = None
 
     @field_validator("version_policy", mode="before")
     @classmethod
@@ -134,7 +179,7 @@ class ModelConfig(_Strict):
             return {"latest": 1}
         return value
 
-    @field_validator("batcher", "router", "placement", mode="before")
+    @field_validator("batcher", "router", "placement", "scaling", mode="before")
     @classmethod
     def _choice_shorthand(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
@@ -148,13 +193,71 @@ class ServerSection(_Strict):
     api_token: str | None = None
     data_plane_token: bool = False
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # KServe V2 gRPC (ladle.grpc)
+    grpc_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="gRPC port; 0: off; unset: 8001 under `ladle serve` when the grpc extra is installed",
+    )
+    grpc_max_message_bytes: int = Field(
+        default=2**31 - 1, ge=1024, le=2**31 - 1, description="largest gRPC message, either way"
+    )
     drain_timeout: float = Field(default=30.0, ge=0)
+    drain_grace: float = Field(
+        default=5.0,
+        ge=0,
+        description="seconds the server goes on answering after SIGTERM with readiness off",
+    )
+    # connection limits (ladle.http.limits)
+    header_timeout: float = Field(default=5.0, gt=0, description="seconds to send a request's headers")
+    body_timeout: float = Field(
+        default=10.0, gt=0, description="seconds to send a body, plus one per min_body_rate bytes"
+    )
+    min_body_rate: int = Field(default=64 * 1024, ge=1, description="bytes per second a body may take")
+    keep_alive_timeout: float = Field(default=5.0, gt=0, description="seconds an idle connection stays")
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=8)
+    max_connections: int = Field(default=16384, ge=1)
+    max_json_elements: int = Field(
+        default=8 * 1024 * 1024, ge=1, description="values a JSON request body may hold"
+    )
+    keep_going: bool = Field(
+        default=False,
+        description="serve what loaded when a model's config or load fails (default: the start stops)",
+    )
+    strict_readiness: bool = Field(
+        default=True,
+        description="/v2/health/ready needs every model ready (false: any one model serving will do)",
+    )
 
 
 class PluginsSection(_Strict):
     disabled: list[str] = Field(default_factory=list)
     modules: list[str] = Field(default_factory=list)
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class JobsSection(_Strict):
+    """``[jobs]``: async jobs and the OpenAI Batch API (``ladle.jobs``); off until ``store`` is set."""
+
+    store: str | None = Field(default=None, description="job store file (SQLite); unset: no jobs API")
+    max_records: int = Field(default=1_000_000, ge=1, description="records (or batch lines) one job may hold")
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024, description="largest uploaded batch file")
+    retention: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="seconds a finished job's results and files are kept"
+    )
+    input_dirs: list[str] = Field(
+        default_factory=list, description="folders that server-side input files may be read from"
+    )
+    callback_hosts: list[str] = Field(
+        default_factory=list, description="hosts (or host:port) completion callbacks may be sent to"
+    )
+    concurrency: int = Field(
+        default=4, ge=1, le=1024, description="job requests in flight, all jobs together"
+    )
+    batch_rows: int = Field(default=32, ge=1, le=65536, description="records per request of a predict job")
+    request_timeout: float = Field(default=600.0, gt=0, description="deadline of one job request, seconds")
 
 
 class ServerConfig(_Strict):
@@ -165,6 +268,7 @@ class ServerConfig(_Strict):
     defaults: dict[str, Any] = Field(default_factory=dict)
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     telemetry: dict[str, Any] = Field(default_factory=dict)
+    jobs: JobsSection = JobsSection()
     source: str | None = None
 
     @property
@@ -205,6 +309,7 @@ _BUILTIN: dict[str, Any] = {
     "batcher": {"name": DEFAULT_BATCHER},
     "router": {"name": "single"},
     "placement": {"name": "fixed"},
+    "scaling": {"name": "fixed"},
 }
 _TABLES = (
     "traffic",
@@ -216,6 +321,10 @@ _TABLES = (
     "signature",
     "version_policy",
     "resources",
+    "scaling",
+    "supervision",
+    "speculative",
+    "latency_slo",
 )
 
 
@@ -227,15 +336,17 @@ def _layer(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
                 merged[key] = dict(value)  # a policy is one choice, never a blend of two
             else:
                 merged[key] = {**merged[key], **value}
-        elif key in ("batcher", "router", "placement") and isinstance(value, str):
+        elif key in ("batcher", "router", "placement", "scaling") and isinstance(value, str):
             merged[key] = {"name": value}
         else:
             merged[key] = value
     return merged
 
 
-def merge_model_config(server: ServerConfig, model: str, model_file: Path | None) -> ModelConfig:
-    """Layer the sources in documented precedence and validate the result."""
+def _model_layers(
+    server: ServerConfig, model: str, model_file: Path | None
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """The sources of a model's config, lowest precedence first, each with its label."""
     layers: list[tuple[str, Mapping[str, Any]]] = []
     server_file = server.source or SERVER_CONFIG_FILE
     if server.defaults:
@@ -244,6 +355,23 @@ def merge_model_config(server: ServerConfig, model: str, model_file: Path | None
         layers.append((str(model_file), _read_toml(model_file)))
     if model in server.models:
         layers.append((f"{server_file} [models.{model}]", server.models[model]))
+    return layers
+
+
+def model_config_sources(server: ServerConfig, model: str, model_file: Path | None) -> dict[str, str]:
+    """Which source last set each top-level key of a model's config (what an error names)."""
+    return {key: source for source, layer in _model_layers(server, model, model_file) for key in layer}
+
+
+def merge_model_config(
+    server: ServerConfig, model: str, model_file: Path | None, *, with_draft: bool = True
+) -> ModelConfig:
+    """Layer the sources in documented precedence and validate the result.
+
+    With a ``speculative`` table (and ``with_draft``), the draft model is checked against the
+    repository and handed to the runtime (``ladle.speculative.resolve_draft``).
+    """
+    layers = _model_layers(server, model, model_file)
     merged: dict[str, Any] = dict(_BUILTIN)
     for source, layer in layers:
         try:
@@ -252,6 +380,11 @@ def merge_model_config(server: ServerConfig, model: str, model_file: Path | None
             raise validation_error(source, exc) from None
         merged = _layer(merged, layer)
     try:
-        return ModelConfig.model_validate(merged)
+        config = ModelConfig.model_validate(merged)
     except ValidationError as exc:
         raise validation_error(" + ".join(s for s, _ in layers) or "defaults", exc) from None
+    if with_draft and config.speculative is not None:
+        from .speculative import resolve_draft  # it reads other models' config through this module
+
+        config = resolve_draft(server, model, config, model_file)
+    return config

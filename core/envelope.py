@@ -266,6 +266,19 @@ class BatchItem:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     deadline: float | None = None
     cancelled: bool = False
+    #: When the batch was zero-padded: the request's own non-batch sizes of its (first) input, so
+    #: ``Batch.split`` cuts the outputs back along the axes that were padded.
+    extents: tuple[int, ...] | None = None
+
+
+def _trim(array: np.ndarray[Any, Any], own: tuple[int, ...], padded: tuple[int, ...]) -> np.ndarray[Any, Any]:
+    """``array`` cut back to ``own`` along each axis ``k >= 1`` whose length is ``padded[k - 1]``."""
+    index: list[slice] = [slice(None)]
+    for axis, (mine, full) in enumerate(zip(own, padded, strict=False), start=1):
+        if axis >= array.ndim:
+            break
+        index.append(slice(0, mine) if array.shape[axis] == full and mine < full else slice(None))
+    return array[tuple(index)]
 
 
 @dataclass(slots=True)
@@ -295,16 +308,32 @@ class Batch:
         return cls({n: np.concatenate([r.inputs[n] for r in requests]) for n in names}, items)
 
     def split(self, outputs: Arrays) -> list[Arrays]:
-        """Cut batch outputs back into one dict per item, by each item's row count."""
+        """Cut batch outputs back into one dict per item, by each item's row count.
+
+        In a zero-padded batch (items carry ``extents``), an output axis ``k >= 1`` as long as the
+        batch's padded input axis ``k`` is cut back to each request's own length along it.
+        """
         if len(self.items) == 1:
             return [outputs]
         result: list[Arrays] = []
         start = 0
+        padded = None if self.items[0].extents is None else self._padded_extents()
         for item in self.items:
             stop = start + item.rows
-            result.append({name: array[start:stop] for name, array in outputs.items()})
+            if padded is None or item.extents is None or item.extents == padded:
+                result.append({name: array[start:stop] for name, array in outputs.items()})
+            else:
+                result.append(
+                    {name: _trim(array[start:stop], item.extents, padded) for name, array in outputs.items()}
+                )
             start = stop
         return result
+
+    def _padded_extents(self) -> tuple[int, ...] | None:
+        extents = [item.extents for item in self.items]
+        if any(e is None for e in extents):
+            return None
+        return tuple(max(sizes) for sizes in zip(*extents, strict=True))
 
     def select(self, index: int) -> Batch:
         """The sub-batch holding only item ``index``."""

@@ -12,9 +12,11 @@ LadleError                      500  base class; a bug or a dead backend
 │   ├── UnauthorizedError       401  missing or wrong bearer token
 │   ├── ModelNotFoundError      404  unknown model or version
 │   ├── PayloadTooLargeError    413  more rows than the batcher accepts
+│   ├── UnsupportedMediaTypeError 415  a body that is not JSON (or binary tensors)
 │   ├── SignatureMismatchError  422  tensor names, types or shapes off the signature
 │   └── RequestCancelledError   499  the client went away before the request ran
-├── ServerBusyError             503  queue full; carries Retry-After
+├── ServerBusyError             503  queue full or predicted to miss its deadline; Retry-After
+│   └── TooManyRequestsError    429  the same, where the model is configured to answer 429
 ├── ModelNotReadyError          503  loading, draining or failed
 ├── DeadlineExceededError       504  the request's deadline passed
 └── RuntimeFailureError         500  a runtime raised on valid input
@@ -23,9 +25,11 @@ LadleError                      500  base class; a bug or a dead backend
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 __all__ = [
+    "PRIVATE_DETAILS",
     "ClientError",
     "ConfigError",
     "DeadlineExceededError",
@@ -44,8 +48,38 @@ __all__ = [
     "RuntimeFailureError",
     "ServerBusyError",
     "SignatureMismatchError",
+    "TooManyRequestsError",
     "UnauthorizedError",
+    "UnsupportedMediaTypeError",
+    "public_text",
 ]
+
+#: Detail keys that describe the server rather than the request: logged, never sent to a client.
+PRIVATE_DETAILS = frozenset({"file", "path", "traceback", "pid"})
+# An absolute file-system path: a '/' not preceded by a name character, then one or more segments
+# (ladle's own URL paths, /v2/..., /api/..., are left as they are).
+_SEGMENT = r"[^\s/'\"`:,;()\[\]{}<>|]+"
+_SERVER_PATH = re.compile(
+    rf"(?<![\w.~/-])/(?!(?:v1|v2|api|metrics|openapi\.json)(?:/|\b))(?:{_SEGMENT}/)*({_SEGMENT})"
+)
+
+
+def public_text(text: str) -> str:
+    """``text`` with every absolute server path cut to its last segment (``/srv/m/1/x.onnx`` ->
+    ``…/x.onnx``): what a client may read of a message written for the operator."""
+    if "/" not in text:
+        return text
+    return _SERVER_PATH.sub(r"…/\1", text)
+
+
+def _public(value: Any) -> Any:
+    if isinstance(value, str):
+        return public_text(value)
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items() if k not in PRIVATE_DETAILS}
+    if isinstance(value, list | tuple):
+        return [_public(v) for v in value]
+    return value
 
 
 class LadleError(Exception):
@@ -55,6 +89,8 @@ class LadleError(Exception):
     code: ClassVar[str] = "internal_error"
     #: Seconds after which a retry may succeed (sent as ``Retry-After``); ``None``: do not say.
     retry_after: float | None = None
+    #: Set once the answer this error became was counted by the metrics (``ladle.Admission``).
+    counted: bool = False
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -68,10 +104,19 @@ class LadleError(Exception):
         return (_rebuild, (type(self), self.message, dict(self.__dict__)))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON error body: ``{"error": message, "code": ..., **details}``."""
-        body: dict[str, Any] = {"error": self.message, "code": self.code}
-        body.update(self.details)
+        """The JSON error body a client gets: ``{"error": message, "code": ..., **details}``, naming
+        the model, version, input or parameter but no server path or process (``PRIVATE_DETAILS``
+        are left out, absolute paths cut to their last segment; ``log_detail`` has it all)."""
+        body: dict[str, Any] = {"error": public_text(self.message), "code": self.code}
+        for key, value in self.details.items():
+            if key not in PRIVATE_DETAILS:
+                body[key] = _public(value)
         return body
+
+    def log_detail(self) -> str:
+        """Everything the error knows, for the server log (paths, process ids, tracebacks)."""
+        extra = "".join(f"\n  {key}: {value}" for key, value in self.details.items())
+        return f"{type(self).__name__} ({self.status} {self.code}): {self.message}{extra}"
 
 
 class ConfigError(LadleError):
@@ -116,8 +161,14 @@ class InvalidInputError(ClientError):
 
 
 class UnauthorizedError(ClientError):
+    """A missing or wrong bearer token; the answer says which scheme to use (``WWW-Authenticate``)."""
+
     status = 401
     code = "unauthorized"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.headers["WWW-Authenticate"] = "Bearer"
 
 
 class ModelNotFoundError(ClientError):
@@ -128,6 +179,13 @@ class ModelNotFoundError(ClientError):
 class PayloadTooLargeError(ClientError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(ClientError):
+    """The body's ``Content-Type`` is not one the endpoint reads."""
+
+    status = 415
+    code = "unsupported_media_type"
 
 
 class SignatureMismatchError(ClientError):
@@ -149,6 +207,13 @@ class ServerBusyError(LadleError):
     def __init__(self, message: str, retry_after: float = 1.0, **details: Any) -> None:
         super().__init__(message, **details)
         self.retry_after = retry_after
+
+
+class TooManyRequestsError(ServerBusyError):
+    """Shed under load (``shed_status = 429``): the client should slow down and retry later."""
+
+    status = 429
+    code = "too_many_requests"
 
 
 class ModelNotReadyError(LadleError):

@@ -145,7 +145,9 @@ class SamplingParams:
             if key not in cls.FIELDS:
                 if strict:
                     raise InvalidRequestError(
-                        f"unknown generation parameter {key!r}", param=key, known=sorted(cls.FIELDS)
+                        f"unknown generation parameter {key!r}; known: {sorted(cls.FIELDS)}",
+                        param=key,
+                        known=sorted(cls.FIELDS),
                     )
                 continue
             if value is None:
@@ -364,6 +366,13 @@ class StepItem:
     before them. When ``sample`` is set it returns the next token(s), drawn with ``params``; a sampled
     draw is reproducible from ``seed`` and ``output_index`` (how many tokens the sequence had
     generated before this step) alone.
+
+    ``lookahead`` (speculative decoding, only for a runtime whose ``speculative_tokens()`` is
+    positive) grants room for that many positions after ``tokens``: ``block_table`` covers positions
+    up to ``start + len(tokens) + lookahead - 1`` and the runtime may write K/V there for draft tokens
+    it proposes and verifies in this step. It then returns between 1 and ``lookahead + 1`` tokens:
+    the accepted drafts and one token of the target's own. Returning ``m`` tokens means the K/V of
+    positions before ``start + len(tokens) + m - 1`` are valid; the batcher rolls back the rest.
     """
 
     seq_id: int
@@ -374,6 +383,7 @@ class StepItem:
     params: SamplingParams
     seed: int = 0
     output_index: int = 0
+    lookahead: int = 0
 
 
 class StepRuntime(Runtime):
@@ -385,7 +395,10 @@ class StepRuntime(Runtime):
     calls ``add_sequence`` once, ``step`` at every step the sequence takes part in, and
     ``release_sequence`` once when it finishes or is aborted (the abort of the contract: per-sequence
     state goes, its blocks already went back to the batcher's pool). ``step`` may return more than one
-    token for an item (speculative decoding); the batcher accepts them in order.
+    token for an item (speculative decoding); the batcher accepts them in order. A runtime that
+    proposes and verifies draft tokens says how many per sequence with ``speculative_tokens``; the
+    batcher then grants decoding items a ``StepItem.lookahead`` from what the step's token budget and
+    the cache have left.
     """
 
     name: ClassVar[str] = "step-runtime"
@@ -401,6 +414,11 @@ class StepRuntime(Runtime):
 
     def add_sequence(self, seq_id: int, params: SamplingParams) -> None:
         """A sequence joins; keep per-sequence state here if the runtime needs any."""
+
+    def speculative_tokens(self) -> int:
+        """Draft tokens the runtime can propose and verify per decoding sequence in one step
+        (``0``, the default: it returns one token per sampled item)."""
+        return 0
 
     @abstractmethod
     def step(self, items: Sequence[StepItem], copies: Sequence[tuple[int, int]] = ()) -> list[list[int]]:

@@ -69,7 +69,10 @@ def register_batchers(register: Register) -> None:
         description="")``; ``factory`` is a ``ladle.Batcher`` subclass (``ladle.QueueingBatcher`` for
         one that queues in the front process) or a lazy ``"module:attribute"`` string. It is called
         as ``factory(replicas, options, observer)`` once per served version, where ``options`` is the
-        model's ``batcher`` table without ``name`` (parse it with ``ladle.parse_options``).
+        model's ``batcher`` table without ``name`` (parse it with ``ladle.parse_options``); it is also
+        called once while the configuration is checked, before anything loads, to validate the
+        options, and that object is dropped: construction must have no side effects (start tasks in
+        ``start``).
     :returns: nothing.
     """
 

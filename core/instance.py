@@ -44,6 +44,10 @@ class Instance:
         self.in_flight = 0
         self.error = ""
         self.started_at = 0.0
+        #: Seconds the last ``start`` took (load and warm-up); 0 before one finished.
+        self.start_seconds = 0.0
+        #: Batches in a row that overran their deadlines (the batcher counts; the supervisor acts).
+        self.overruns = 0
         self.listener = listener
         self._idle = asyncio.Event()
         self._idle.set()
@@ -59,6 +63,7 @@ class Instance:
 
     async def start(self) -> None:
         """Load and warm up; on failure the instance is ``FAILED`` and the error is re-raised."""
+        begun = time.monotonic()
         try:
             self._set(InstanceState.LOADING)
             await self.executor.load()
@@ -72,7 +77,26 @@ class Instance:
                 await self.executor.stop()
             raise
         self.started_at = time.time()
+        self.start_seconds = time.monotonic() - begun
         self._set(InstanceState.READY)
+
+    def fail(self, reason: str) -> None:
+        """Mark the instance failed from outside (it overran its deadlines, its worker is gone);
+        it takes no more batches and the supervisor replaces it."""
+        if self.state is InstanceState.FAILED or self.state is InstanceState.STOPPED:
+            return
+        self.error = reason
+        self._set(InstanceState.FAILED)
+
+    def check(self) -> bool:
+        """Fail the instance if its executor was lost while idle (a worker process killed between
+        batches); returns whether it is still usable. Control path: the supervisor polls it."""
+        if self.state is InstanceState.READY or self.state is InstanceState.DRAINING:
+            lost = self.executor.lost
+            if lost:
+                self.fail(lost)
+                return False
+        return self.state is not InstanceState.FAILED
 
     async def execute(self, batch: Batch) -> list[ItemResult]:
         """Run a batch; per-item results are arrays or the ``LadleError`` of that item."""

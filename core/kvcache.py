@@ -177,6 +177,15 @@ class BlockPool:
     def written(self, block: int) -> int:
         return self._filled[block]
 
+    def unwrite(self, block: int, slots: int) -> None:
+        """Record that only the first ``slots`` token positions of a private, unregistered block hold
+        data (a sequence rolled back); a shared or registered block keeps its mark, since others
+        still read what it holds."""
+        before = self._filled[block]
+        if slots < before and self._refs[block] == 1 and self._hash[block] is None:
+            self._filled[block] = max(0, slots)
+            self._written -= before - self._filled[block]
+
     def _forget(self, block: int) -> None:
         block_hash = self._hash[block]
         if block_hash is not None:
@@ -200,7 +209,9 @@ class KVCacheManager:
     cached blocks of the longest known prefix and returns how many tokens need no computing. Before
     each step it calls ``allocate(seq, end)`` for the tokens the step writes and passes the returned
     copies to the runtime; after the step, ``commit`` records what was computed and registers newly
-    full blocks. ``free`` gives everything back.
+    full blocks. A step may write past what it commits (speculative decoding writes draft tokens the
+    target then rejects): ``rollback`` releases the blocks beyond the committed length. ``free``
+    gives everything back.
     """
 
     def __init__(self, pool: BlockPool, *, prefix_caching: bool = True) -> None:
@@ -349,6 +360,32 @@ class KVCacheManager:
 
     def computed(self, seq_id: int) -> int:
         return self._seqs[seq_id].computed
+
+    def rollback(self, seq_id: int, computed: int) -> int:
+        """Forget what ``seq_id`` holds from position ``computed`` on (draft tokens the target
+        rejected, say); returns how many blocks went back to the pool.
+
+        The computed length goes back to ``computed`` when it was further; blocks holding no
+        position before ``computed`` are released (newest first); the hashes of blocks no longer
+        full leave this table, while the pool keeps such blocks registered for whoever else uses
+        them. A later write into a kept block that is shared or registered is copied first, as
+        always, so a rollback never changes what another sequence reads.
+        """
+        if computed < 0:
+            raise ValueError(f"cannot roll sequence {seq_id} back to {computed}")
+        entry = self._seqs[seq_id]
+        size = self.block_size
+        keep = -(-computed // size)
+        released = entry.blocks[keep:]
+        del entry.blocks[keep:]
+        for block in reversed(released):
+            self.pool.release(block)
+        del entry.hashes[computed // size :]
+        if computed < entry.computed:
+            entry.computed = computed
+            if computed % size:
+                self.pool.unwrite(entry.blocks[-1], computed % size)
+        return len(released)
 
     def fork(self, parent: int, child: int) -> None:
         """Give ``child`` the same blocks as ``parent`` (shared, copied on the first write)."""

@@ -318,6 +318,8 @@ class PluginHost:
                     ep.name, ep.value, version, "failed", f"{type(exc).__name__}: {exc}", distribution=dist
                 )
                 continue
+            if self.pm.is_registered(module):
+                continue  # already added by module name (``[plugins] modules``, a test): one plugin, once
             self.add_plugin(module, ep.name, source=ep.value, version=version, distribution=dist)
         return self.collect()
 

@@ -4,7 +4,19 @@ A batcher plugin subclasses ``QueueingBatcher`` and writes ``_take``: which queu
 next batch. The engine owns everything else:
 
 - admission: refuses at once in ``submit`` (413 too many rows, 503 queue full or not serving,
-  504 deadline already passed) instead of queueing work that can never be served;
+  504 deadline already passed) instead of queueing work that can never be served; with
+  ``admission = "predicted-wait"`` (the default) also a request that would have to queue and whose
+  predicted completion is past its deadline (503 with Retry-After, or 429 with ``shed_status =
+  429``). The prediction is ``(ahead / per_batch + 1) * batch_time / instances + batch_time``:
+  ``ahead`` the requests queued at the request's priority and above, ``per_batch`` how many
+  requests a full batch took (measured), ``+ 1`` the batches running ahead of it (it queues only
+  when every instance is busy), ``batch_time`` the usual time a batch runs (measured),
+  ``instances`` those in the replica set (with none, the time until a starting one is expected
+  ready is added), stretched by 10% for the time between batches. Nothing is predicted before a
+  batch ran, and an idle instance always takes a request;
+- shedding by priority: when the queue is full, a request of a higher priority takes the place of
+  the newest queued request of the lowest lower priority (that one gets the 503), so batch or
+  low-priority traffic is shed first;
 - the fast path: with the queue empty and an instance idle (ready, fewer batches in flight than
   ``instance_concurrency``), the request is dispatched at once as a batch of one;
 - the queue: ``collections.deque`` lanes of ``(request, future)`` pairs, bounded by
@@ -16,6 +28,15 @@ next batch. The engine owns everything else:
   batch runs is answered 504 then, and its cancel signal is set (``enforces_deadlines``);
 - dispatch: one task per batch, which runs ``Instance.execute`` and sets each request's future
   from its per-item result; an exception from ``execute`` fails that batch only;
+- lost instances: when the instance of a running batch fails (its worker died, it overran its
+  deadlines, see ``ladle.batch_watch``), each request of the batch runs once more on another
+  ready instance if there is one (``retry_failed``, default true; set it false for a model whose
+  inference is not idempotent), otherwise it fails at once with 503 and Retry-After. A batch whose
+  instance the control path took out of the replica set before it ran (scaled down) goes back to
+  the queue without counting as a retry. With no live instance left, the queue fails the same way,
+  unless an instance is starting (``ReplicaSet.pending``) or the version can wake one
+  (``ReplicaSet.wake``, a version scaled to zero): then requests wait for it, bounded by their
+  deadlines;
 - drain: ``stop`` refuses new work, finishes what is queued and in flight, then stops.
 
 The batcher counts its own batches per instance (``Instance.in_flight`` rises only once the batch
@@ -31,23 +52,27 @@ import math
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .batching import Batcher, BatchObserver, ReplicaSet, expire
+from .batch_watch import TIMER_SLACK, BatchWatch
+from .batching import Batcher, BatchObserver, ReplicaSet
 from .envelope import Arrays, Batch, InferenceRequest, Priority
 from .errors import (
     DeadlineExceededError,
+    InstanceFailedError,
     LadleError,
     ModelNotReadyError,
     PayloadTooLargeError,
     RuntimeFailureError,
     ServerBusyError,
+    TooManyRequestsError,
 )
 from .instance import Instance
 from .options import PluginOptions, parse_options
 from .runtime import InstanceState
+from .wait_admission import WaitAdmission
 
 __all__ = ["CANCELLED", "QueueEntry", "QueueOptions", "QueueingBatcher", "Taken"]
 
@@ -58,10 +83,11 @@ Taken = tuple[list[InferenceRequest], list["asyncio.Future[Arrays]"]]
 CANCELLED = "cancelled"
 
 _READY = InstanceState.READY
+_FAILED = InstanceState.FAILED
 _LIVE = (InstanceState.LOADING, InstanceState.WARMING, InstanceState.READY)
-# Fire the deadline timer a hair after the earliest deadline, so a coarse loop clock (uvloop keeps
-# milliseconds) never wakes it just before the deadline and makes it spin.
-_TIMER_SLACK = 0.001
+_TIMER_SLACK = TIMER_SLACK
+#: Weight of the newest batch in the measured batch time and batch fill.
+_EWMA = 0.2
 
 
 class QueueOptions(PluginOptions):
@@ -70,9 +96,19 @@ class QueueOptions(PluginOptions):
     max_queue_size: int = Field(default=1024, ge=1, description="queued requests before 503")
     instance_concurrency: int = Field(default=1, ge=1, description="batches in flight per instance")
     retry_after: float = Field(default=1.0, gt=0, description="Retry-After of a 503, seconds")
+    admission: Literal["predicted-wait", "off"] = Field(
+        default="predicted-wait", description="refuse at once what is predicted to miss its deadline"
+    )
+    shed_status: Literal[503, 429] = Field(default=503, description="status of a shed request")
+    retry_failed: bool = Field(
+        default=True, description="run a batch once more elsewhere when its instance dies (idempotent)"
+    )
+    max_overruns: int = Field(
+        default=3, ge=0, description="batches in a row that overrun before the instance fails (0: never)"
+    )
 
 
-class QueueingBatcher(Batcher):
+class QueueingBatcher(WaitAdmission, Batcher):
     """Base of the built-in batchers; subclasses decide how queued requests form a batch (``_take``)."""
 
     #: The registered name, used in error messages.
@@ -107,6 +143,18 @@ class QueueingBatcher(Batcher):
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_at = math.inf
         self._hold_timer: asyncio.TimerHandle | None = None
+        self._admit = self.settings.admission == "predicted-wait"
+        self._shed_error = TooManyRequestsError if self.settings.shed_status == 429 else ServerBusyError
+        self._retry_failed = self.settings.retry_failed
+        #: Measured: seconds a batch usually runs, and requests a batch takes when more are queued.
+        self._batch_time = 0.0
+        self._per_batch = 0.0
+        #: The prediction as ``base + ahead * step`` (``step`` 0: predict the slow way, or not at all).
+        self._wait_base = 0.0
+        self._wait_step = 0.0
+        self._max_overruns = self.settings.max_overruns
+        #: Requests already run once on an instance that died (they get no second retry).
+        self._retried: set[InferenceRequest] = set()
 
     # the data path ---------------------------------------------------------------------------
 
@@ -119,7 +167,8 @@ class QueueingBatcher(Batcher):
         if rows > 1 and rows > self._row_cap():
             raise self._too_large(request)
         deadline = request.deadline
-        if deadline is not None and deadline <= time.monotonic():
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
             self.observer.requests_dropped((request,), DeadlineExceededError.code)
             raise DeadlineExceededError(f"request {request.id} arrived after its deadline")
         loop = self._loop
@@ -133,7 +182,18 @@ class QueueingBatcher(Batcher):
                 return future
             if not self._serviceable():
                 raise self._no_live_instance()
-        if self._queued >= self._max_queue_size:
+        if deadline is not None:
+            # every queued request pays this: a few reads and float operations
+            step = self._wait_step  # 0: admission off, nothing measured, stale, or no instance
+            if not step and self._batch_time and self._admit:
+                self._refresh_wait()
+                step = self._wait_step
+                if not step:  # no instance in the set yet: count the one starting
+                    self._check_wait(request, deadline, now)
+            if step and self._wait_base + self._queued * step > deadline - now:  # may miss: look closer
+                self._check_wait(request, deadline, now)
+        if self._queued >= self._max_queue_size and not self._shed_lower(request.priority):
+            self.observer.requests_dropped((request,), ServerBusyError.code)
             raise ServerBusyError(
                 f"the queue of model {self.replicas.model!r} version {self.replicas.version!r} is full "
                 f"({self._max_queue_size} requests)",
@@ -178,13 +238,22 @@ class QueueingBatcher(Batcher):
         return best
 
     def _serviceable(self) -> bool:
-        """Whether any instance is ready or on its way to ready."""
-        return any(i.state in _LIVE for i in self.replicas.instances)
+        """Whether any instance is ready or on its way to ready (one may be woken for it)."""
+        replicas = self.replicas
+        if replicas.pending or any(i.state in _LIVE for i in replicas.instances):
+            return True
+        wake = replicas.wake
+        return wake is not None and wake()
 
     def _no_live_instance(self) -> ModelNotReadyError:
-        return ModelNotReadyError(
+        return self._unavailable(
             f"model {self.replicas.model!r} version {self.replicas.version!r} has no live instance"
         )
+
+    def _unavailable(self, message: str) -> ModelNotReadyError:
+        error = ModelNotReadyError(message, model=self.replicas.model, version=self.replicas.version)
+        error.retry_after = self.settings.retry_after
+        return error
 
     def _dispatch(
         self, instance: Instance, requests: list[InferenceRequest], futures: list[asyncio.Future[Arrays]]
@@ -203,10 +272,11 @@ class QueueingBatcher(Batcher):
         self, instance: Instance, requests: list[InferenceRequest], futures: list[asyncio.Future[Arrays]]
     ) -> None:
         started = time.monotonic()
+        count = len(requests)
         errors: list[str | None]
         outputs: list[Arrays | None] | None = None
         ran = started
-        watch = _RunningDeadlines.arm(requests, futures)
+        watch = BatchWatch.arm(self, instance, requests, futures)
         try:
             batch = self._make_batch(requests)
             ran = time.monotonic()
@@ -217,6 +287,11 @@ class QueueingBatcher(Batcher):
                 )
         except (Exception, asyncio.CancelledError) as exc:
             error = _batch_error(exc, instance)
+            state = instance.state
+            if state is not _READY and (
+                state is _FAILED or isinstance(error, ModelNotReadyError | InstanceFailedError)
+            ):
+                requests, futures, error = self._lost(instance, requests, futures, error)
             for future in futures:
                 if not future.done():
                     future.set_exception(error)
@@ -237,9 +312,79 @@ class QueueingBatcher(Batcher):
                         future.set_result(result)
         if watch is not None:
             watch.cancel()
+        if self._retried:
+            self._retried.difference_update(requests)
         finished = time.monotonic()
-        self._finish(instance, len(requests))
-        self.observer.batch_done(requests, started, finished, errors, outputs, (ran, finished))
+        if outputs is not None:  # it ran: the usual batch time follows it
+            usual = self._batch_time
+            elapsed = finished - started
+            self._batch_time = usual + _EWMA * (elapsed - usual) if usual else elapsed
+            if self._queued:
+                self._refresh_wait()
+            else:
+                self._wait_step = 0.0  # stale: the next request that queues refreshes it
+        self._finish(instance, count)
+        if requests:
+            self.observer.batch_done(requests, started, finished, errors, outputs, (ran, finished))
+
+    @property
+    def usual_batch_time(self) -> float:
+        """Seconds a batch usually runs (an average of the last batches; 0 before one ran)."""
+        return self._batch_time
+
+    @property
+    def max_overruns(self) -> int:
+        return self._max_overruns
+
+    def _lost(
+        self,
+        instance: Instance,
+        requests: list[InferenceRequest],
+        futures: list[asyncio.Future[Arrays]],
+        error: LadleError,
+    ) -> tuple[list[InferenceRequest], list[asyncio.Future[Arrays]], LadleError]:
+        """The batch's instance is gone: requeue what may run elsewhere; the rest (returned, with
+        the error to answer) fails at once with 503 and Retry-After."""
+        failed = instance.state is _FAILED
+        others = any(i is not instance and i.state is _READY for i in self.replicas.instances)
+        again: list[tuple[InferenceRequest, asyncio.Future[Arrays]]] = []
+        left_requests: list[InferenceRequest] = []
+        left_futures: list[asyncio.Future[Arrays]] = []
+        for request, future in zip(requests, futures, strict=True):
+            if future.done():
+                left_requests.append(request)  # answered already (504 at its deadline)
+                left_futures.append(future)
+            elif not failed:  # taken out of the replica set before it ran: nothing ran
+                again.append((request, future))
+            elif others and self._retry_failed and request not in self._retried:
+                self._retried.add(request)
+                again.append((request, future))
+            else:
+                left_requests.append(request)
+                left_futures.append(future)
+        if again:
+            self._requeue(again)
+        if failed:
+            reason = instance.error or error.message
+            error = self._unavailable(
+                f"instance {instance.name} of model {self.replicas.model!r} version "
+                f"{self.replicas.version!r} failed while running the request ({reason}); it is being replaced"
+            )
+        return left_requests, left_futures, error
+
+    def _requeue(self, entries: list[QueueEntry]) -> None:
+        """Put requests back at the front of their lanes, in their order."""
+        earliest = math.inf
+        rows = 0
+        for request, future in reversed(entries):
+            self._lanes[request.priority if self.prioritised else 0].appendleft((request, future))
+            rows += request.rows
+            if request.deadline is not None and request.deadline < earliest:
+                earliest = request.deadline
+        self._queued += len(entries)
+        self._queued_rows += rows
+        if earliest < self._deadline_at:
+            self._arm_deadline(earliest)
 
     def _finish(self, instance: Instance, count: int) -> None:
         left = self._load.get(instance, 1) - 1
@@ -274,6 +419,11 @@ class QueueingBatcher(Batcher):
                 self._hold_timer = None
             taken = self._take(now)
             if taken is not None:
+                if self._queued:  # a full batch: it shows how many requests one batch takes
+                    fill = self._per_batch
+                    size = len(taken[0])
+                    self._per_batch = fill + _EWMA * (size - fill) if fill else float(size)
+                    self._refresh_wait()
                 self._dispatch(instance, *taken)
         self._check_drained()
 
@@ -376,6 +526,7 @@ class QueueingBatcher(Batcher):
         while True:
             await changed.wait()
             changed.clear()
+            self._refresh_wait()
             self._pump()
 
     def _check_drained(self) -> None:
@@ -432,48 +583,6 @@ class QueueingBatcher(Batcher):
     def in_flight(self) -> int:
         """Requests handed to instances and not yet answered."""
         return self._dispatched
-
-
-class _RunningDeadlines:
-    """One timer per running batch, at its earliest pending deadline; expired requests get 504 then."""
-
-    __slots__ = ("futures", "handle", "requests")
-
-    def __init__(self, requests: list[InferenceRequest], futures: list[asyncio.Future[Arrays]]) -> None:
-        self.requests = requests
-        self.futures = futures
-        self.handle: asyncio.TimerHandle | None = None
-
-    @classmethod
-    def arm(
-        cls, requests: list[InferenceRequest], futures: list[asyncio.Future[Arrays]]
-    ) -> _RunningDeadlines | None:
-        """The watch over a batch, or ``None`` when no request in it has a deadline."""
-        watch = cls(requests, futures)
-        return watch if watch._arm_next(time.monotonic()) else None
-
-    def _arm_next(self, now: float) -> bool:
-        earliest = math.inf
-        for request, future in zip(self.requests, self.futures, strict=True):
-            deadline = request.deadline
-            if deadline is not None and deadline < earliest and not future.done():
-                earliest = deadline
-        if earliest == math.inf:
-            return False
-        delay = max(0.0, earliest - now) + _TIMER_SLACK
-        self.handle = asyncio.get_running_loop().call_later(delay, self._fire)
-        return True
-
-    def _fire(self) -> None:
-        now = time.monotonic()
-        for request, future in zip(self.requests, self.futures, strict=True):
-            if request.deadline is not None and request.deadline <= now:
-                expire(future, request)
-        self._arm_next(now)
-
-    def cancel(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
 
 
 def _batch_error(exc: BaseException, instance: Instance) -> LadleError:

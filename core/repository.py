@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import MODEL_CONFIG_FILE, ModelConfig, ServerConfig, merge_model_config
-from .errors import ConfigError, InvalidRequestError, ModelNotFoundError
+from .config import MODEL_CONFIG_FILE, ModelConfig, ServerConfig, merge_model_config, model_config_sources
+from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, PluginNotFoundError
 from .plugin_host import PluginHost
 from .runtime import RuntimeSpec
 
@@ -39,6 +40,12 @@ class ModelPlan:
     config: ModelConfig
     versions: tuple[str, ...]
     specs: dict[str, RuntimeSpec]
+    #: Top-level config key -> the file (and table) that set it, for error messages.
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def source(self, key: str) -> str:
+        """Where ``key`` of this model's config was set (``"built-in default"`` when nowhere)."""
+        return self.sources.get(key, "built-in default")
 
 
 class ModelRepository:
@@ -48,9 +55,22 @@ class ModelRepository:
         self.root = Path(root)
 
     def models(self) -> list[str]:
+        """The model folders, by name; hidden folders (``.git``, ``.ipynb_checkpoints``) are not models."""
         if not self.root.is_dir():
             raise ConfigError(f"model repository {self.root} is not a directory", file=str(self.root))
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and _NAME.fullmatch(p.name)
+        )
+
+    def misnamed(self) -> list[str]:
+        """Folders of the repository that ``models`` leaves out for their names (hidden ones aside)."""
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and not _NAME.fullmatch(p.name)
+        )
 
     def versions(self, model: str) -> list[str]:
         """Every version directory of ``model``, in natural order."""
@@ -78,7 +98,9 @@ class ModelRepository:
 
     def plan(self, model: str, server: ServerConfig, host: PluginHost) -> ModelPlan:
         """Resolve config, versions and a runtime spec per version (runtime inferred when not set)."""
-        config = merge_model_config(server, model, self.model_dir(model) / MODEL_CONFIG_FILE)
+        model_file = self.model_dir(model) / MODEL_CONFIG_FILE
+        config = merge_model_config(server, model, model_file)
+        sources = model_config_sources(server, model, model_file)
         selected = config.version_policy.select(self.versions(model))
         if not selected:
             raise ConfigError(
@@ -88,20 +110,32 @@ class ModelRepository:
         if config.traffic:
             unknown = sorted(set(config.traffic) - set(selected))
             if unknown or abs(sum(config.traffic.values()) - 100) > 1e-6:
+                source = sources.get("traffic", "")
                 raise ConfigError(
-                    f"model {model!r}: traffic must give percents summing to 100 to served versions "
-                    f"{selected}; got {config.traffic}",
+                    f"{source}: traffic: model {model!r} must give percents summing to 100 to served "
+                    f"versions {selected}; got {config.traffic}",
+                    file=source,
                     key="traffic",
                 )
             if config.router.name == "single":
+                source = sources.get("router", sources.get("traffic", ""))
                 raise ConfigError(
-                    f"model {model!r}: traffic needs a weighted router such as canary, not 'single'",
+                    f"{source}: router: model {model!r} has a traffic split, which needs a weighted "
+                    "router such as 'canary', not 'single'",
+                    file=source,
                     key="router",
                 )
-        specs = {version: self.spec(model, version, config, host) for version in selected}
-        return ModelPlan(model, config, tuple(selected), specs)
+        specs = {version: self.spec(model, version, config, host, sources) for version in selected}
+        return ModelPlan(model, config, tuple(selected), specs, sources)
 
-    def spec(self, model: str, version: str, config: ModelConfig, host: PluginHost) -> RuntimeSpec:
+    def spec(
+        self,
+        model: str,
+        version: str,
+        config: ModelConfig,
+        host: PluginHost,
+        sources: Mapping[str, str] | None = None,
+    ) -> RuntimeSpec:
         directory = self.version_dir(model, version)
         runtime = config.runtime or host.detect_runtime(directory)
         if runtime is None:
@@ -111,7 +145,13 @@ class ModelRepository:
                 file=str(directory),
                 key="runtime",
             )
-        host.get("runtime", runtime)  # fail at start on an unknown runtime name
+        try:
+            host.get("runtime", runtime)  # fail at start on an unknown runtime name
+        except PluginNotFoundError as exc:
+            source = (sources or {}).get("runtime", str(self.model_dir(model) / MODEL_CONFIG_FILE))
+            raise PluginNotFoundError(
+                f"{source}: runtime: {exc.message}", file=source, key="runtime", **exc.details
+            ) from None
         return RuntimeSpec(
             plugin=runtime,
             artifact=str(directory),

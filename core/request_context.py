@@ -47,6 +47,10 @@ class RequestContext:
 
         Without a timeout the deadline is ``None``: the admission pipeline then gives the request
         its model's default (``timeout`` in the model's config)."""
+        trace = trace_context(headers) if trace_context is not None else None
+        if not parameters and DEADLINE_HEADER not in headers and PRIORITY_HEADER not in headers:
+            key = headers.get(ROUTING_KEY_HEADER)
+            return cls(None, Priority.NORMAL, key, trace)  # nothing to parse: the common case
         deadline = None
         raw = parameters.get("timeout_ms", headers.get(DEADLINE_HEADER))
         if raw is not None:
@@ -67,5 +71,4 @@ class RequestContext:
             except ValueError as exc:
                 raise InvalidRequestError(str(exc), parameter="priority") from None
         key = parameters.get("routing_key", headers.get(ROUTING_KEY_HEADER))
-        trace = trace_context(headers) if trace_context is not None else None
         return cls(deadline, priority, str(key) if key is not None else None, trace)

@@ -91,7 +91,12 @@ class Runtime:
         options = self.spec.options
         unknown = sorted(set(options).difference(known))
         if unknown:
-            raise ConfigError(f"unknown {self.name} runtime options {unknown}; known: {list(known)}")
+            raise ConfigError(
+                f"options of model {self.spec.model!r}: unknown {self.name} runtime options {unknown}; "
+                f"known: {sorted(known)}",
+                key="options",
+                unknown=unknown,
+            )
         return options
 
     def artifact(self, names: Sequence[str], what: str) -> Path:

@@ -75,7 +75,17 @@ class Server:
 
         self.controller = DeploymentController(self.manager, config)
         self.controller.open_store()  # a corrupt or unwritable store fails here, before serving
+        from .scaling_loop import ScalingLoop
+
+        stats = self.telemetry.stats if enabled else None
+        self.scaling = ScalingLoop(self.manager, events=self.controller.events.record, stats=stats)
+        self.scaling.check(self.plans)  # scaling policies' options fail here, before anything loads
+        self.controller.scaling = self.scaling
         self.extra_routes.extend(control_routes(self.controller, config))
+        from .jobs import JobService, job_routes
+
+        self.jobs = JobService.open(config, self.manager)  # None without [jobs] store
+        self.extra_routes.extend(job_routes(self.jobs, config))
         self._loading: asyncio.Task[None] | None = None
 
     def _version_changed(self, model: str, version: str, endpoint: VersionEndpoint | None) -> None:
@@ -85,7 +95,9 @@ class Server:
         signature = endpoint.config.signature or (
             endpoint.signature.to_dict() if endpoint.signature else None
         )
-        self.telemetry.version_ready(model, version, batcher=endpoint.batcher, signature=signature)
+        self.telemetry.version_ready(
+            model, version, batcher=endpoint.batcher, signature=signature, slo=endpoint.config.latency_slo
+        )
         from .telemetry.generation import register_generation_gauges
 
         register_generation_gauges(self.telemetry.stats, model, version, endpoint.batcher)
@@ -97,8 +109,12 @@ class Server:
         """Load the models (in the background of the running server) and call ``ladle_startup``.
 
         The deployment controller decides what loads: the repository and config in static mode, the
-        deployment store in managed mode (see ``ladle.deployments.controller``).
+        deployment store in managed mode (see ``ladle.deployments.controller``). Jobs resume
+        as soon as the models have loaded.
         """
+        if self.jobs is not None:
+            await self.jobs.start()
+        self.scaling.start()  # versions come under the scaling loop and the supervisor as they load
         await self.controller.start(self.plans)
         try:
             self.host.hook.ladle_startup(server=self)
@@ -111,6 +127,9 @@ class Server:
             self._loading.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._loading
+        if self.jobs is not None:  # first: a job must not see its model stop and record that
+            await self.jobs.close()
+        await self.scaling.close()  # no instance starts or is replaced while the versions stop
         await self.controller.close()
         await self.manager.close()
         for callback in self.on_stop:
@@ -124,9 +143,20 @@ class Server:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
-        """Starlette lifespan: the server answers (live, not ready) while models load."""
+        """Starlette lifespan: the server answers (live, not ready) while models load.
+
+        With ``[server] grpc_port`` set, the gRPC ingress serves in the same loop from the start and
+        drains its calls in flight (up to ``drain_timeout``) before the models stop."""
+        ingress = None
+        if self.config.server.grpc_port:
+            from .grpc.server import GrpcIngress
+
+            ingress = GrpcIngress(self)
+            await ingress.start()  # a port that cannot be bound fails the start
         self._loading = asyncio.create_task(self.start())
         try:
             yield
         finally:
+            if ingress is not None:
+                await ingress.stop(self.config.server.drain_timeout)
             await self.stop()

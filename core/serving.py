@@ -14,19 +14,20 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from .admission import Admission, Pending, Proceed, Stage, WatchedStream, chain
 from .batching import Batcher, BatchObserver, ReplicaSet, enforce_deadline
 from .config import DEFAULT_BATCHER, ModelConfig, ServerConfig
 from .envelope import Arrays, InferenceRequest
-from .errors import ConfigError, InvalidRequestError, LadleError, ModelNotFoundError
+from .errors import ConfigError, InvalidRequestError, LadleError, ModelNotFoundError, PluginError
 from .instance import Instance
 from .plugin_host import PluginHost
 from .repository import ModelPlan, ModelRepository, check_name, version_key
 from .routing import Route, Router, RoutingTable
 from .runtime import InstanceState, RuntimeSpec
-from .scaling import Placement
+from .scaling import Placement, ScalingPolicy
 from .tensors import Signature
 
 __all__ = ["ModelEndpoint", "ModelManager", "ObserverFactory", "VersionEndpoint", "VersionListener"]
@@ -39,6 +40,8 @@ ObserverFactory = Callable[[str, str], BatchObserver | None]
 Progress = Callable[[str, str, str], None]
 #: Called with a version endpoint once it is ready, and with ``(model, version, None)`` once removed.
 VersionListener = Callable[[str, str, "VersionEndpoint | None"], None]
+#: Called once when loading ends with failures and ``keep_going`` is off, with the failures.
+StartFailedListener = Callable[[dict[str, str]], None]
 
 
 class VersionEndpoint:
@@ -52,6 +55,8 @@ class VersionEndpoint:
         replicas: ReplicaSet,
         batcher: Batcher,
         placement: Placement,
+        policy: ScalingPolicy | None = None,
+        requested: int | None = None,
     ) -> None:
         self.model = spec.model
         self.version = spec.version
@@ -60,6 +65,10 @@ class VersionEndpoint:
         self.replicas = replicas
         self.batcher = batcher
         self.placement = placement
+        #: The version's scaling policy (``ladle.scaling_loop`` asks it every tick).
+        self.policy = policy
+        #: An operator's instance count for this version (``resources.replicas``), if one was given.
+        self.requested = requested
         self.generates = type(batcher).streams
         self.signature: Signature | None = None
         self.loaded_at = 0.0
@@ -68,7 +77,8 @@ class VersionEndpoint:
 
     @property
     def ready(self) -> bool:
-        return self.replicas.any_ready
+        """A ready instance serves, or the version is scaled to zero and starts one on demand."""
+        return self.replicas.any_ready or self.replicas.standby
 
     # the data path -----------------------------------------------------------------------------
 
@@ -185,11 +195,12 @@ class ModelEndpoint:
         """The endpoint of a loaded version; ``ModelNotFoundError`` naming the loaded ones otherwise."""
         endpoint = self.versions.get(version)
         if endpoint is None:
+            available = sorted(self.versions, key=version_key)
             raise ModelNotFoundError(
-                f"model {self.name!r} has no version {version!r}",
+                f"model {self.name!r} has no version {version!r}; loaded: {', '.join(available) or 'none'}",
                 model=self.name,
                 version=version,
-                available=sorted(self.versions, key=version_key),
+                available=available,
             )
         return endpoint
 
@@ -234,11 +245,16 @@ class ModelManager:
         self._observers = observers
         self._progress = progress
         self.version_listeners: list[VersionListener] = []
-        self.loading = True
+        #: Told when the start failed (``ladle serve`` stops then); see ``loading``.
+        self.start_failed: list[StartFailedListener] = []
+        self.keep_going = config.server.keep_going
+        self._loading = True
+        self._start_judged = False
+        #: ``"model/version"`` (or ``"model"`` for a config problem) -> why it is not served.
         self.failures: dict[str, str] = {}
         self.placements: dict[str, Placement] = {}
         #: The one admission pipeline of this server's data path.
-        self.admission = Admission(self.endpoint)
+        self.admission = Admission(self.endpoint, served=self.models)
 
     # lookups (data path) -----------------------------------------------------------------------
 
@@ -246,24 +262,130 @@ class ModelManager:
         endpoint = self.models.get(name)
         if endpoint is None:
             check_name("model", name)
+            available = sorted(self.models)
             raise ModelNotFoundError(
-                f"model {name!r} is not served", model=name, available=sorted(self.models)
+                f"model {name!r} is not served; served: {', '.join(available) or 'none'}",
+                model=name,
+                available=available,
             )
         return endpoint
 
     @property
+    def loading(self) -> bool:
+        """True until the models the source of truth lists have loaded (or failed to).
+
+        Setting it to ``False`` ends the start: with failures and without ``keep_going`` the
+        ``start_failed`` listeners are told (once).
+        """
+        return self._loading
+
+    @loading.setter
+    def loading(self, value: bool) -> None:
+        self._loading = value
+        if not value and self.failures and not self.keep_going and not self._start_judged:
+            self._start_judged = True
+            for listener in list(self.start_failed):
+                listener(dict(self.failures))
+
+    @property
     def ready(self) -> bool:
-        """True once loading finished and every model has at least one ready version."""
-        return not self.loading and bool(self.models) and all(m.ready for m in self.models.values())
+        """True once loading finished and, with ``strict_readiness`` (the default), every model
+        has a ready version and none failed; without it, once any one model serves."""
+        models = self.models.values()
+        if self._loading or not models:
+            return False
+        if self.config.server.strict_readiness:
+            return not self.failures and all(m.ready for m in models)
+        return any(m.ready for m in models)
 
     # control path ------------------------------------------------------------------------------
 
     def plan(self) -> list[ModelPlan]:
-        """Resolve every model in the repository (validates all config before loading anything)."""
-        return [self.repository.plan(name, self.config, self.host) for name in self.repository.models()]
+        """Resolve and check every model before anything loads: its config, its versions, and each
+        plugin it names (runtime, batcher, router, split router, scaling policy, placement) with
+        its options.
+
+        Without ``keep_going`` any problem raises one ``ConfigError`` listing them all, each naming
+        the file and the key; with it, a model with a problem is left out and recorded in
+        ``failures``. A ``[models.NAME]`` table for a model that is not in the repository, and a
+        repository folder whose name is not a valid model name, are problems too.
+        """
+        names = self.repository.models()
+        problems: dict[str, LadleError] = {
+            section: self._unknown_section(section, names)
+            for section in sorted(set(self.config.models).difference(names))
+        }
+        for folder in self.repository.misnamed():
+            problems[folder] = ConfigError(
+                f"{self.repository.root / folder}: {folder!r} is not a valid model name: use letters, "
+                "digits, '.', '_' and '-'",
+                file=str(self.repository.root / folder),
+            )
+        plans = []
+        for name in names:
+            try:
+                plan = self.repository.plan(name, self.config, self.host)
+                self._check_plugins(plan)
+            except LadleError as exc:
+                problems[name] = exc
+                continue
+            plans.append(plan)
+        if problems and not self.keep_going:
+            raise _all_of(problems)
+        for name, problem in problems.items():
+            self.failures[name] = problem.message
+            self._report(name, "-", f"failed: {problem.message}")
+        return plans
+
+    def _unknown_section(self, section: str, names: list[str]) -> ConfigError:
+        source = f"{self.config.source or 'ladle.toml'} [models.{section}]"
+        return ConfigError(
+            f"{source}: no model {section!r} in the repository {self.repository.root}; "
+            f"its models: {', '.join(names) or 'none'}",
+            file=self.config.source or "ladle.toml",
+            key=f"models.{section}",
+            available=names,
+        )
+
+    def _check_plugins(self, plan: ModelPlan) -> None:
+        """Build (and drop) what loading will build, so a misspelt plugin name or a bad option
+        stops the start before anything loads, naming the file and the key."""
+        config = plan.config
+        for version, spec in plan.specs.items():
+            name, options = self._batcher_choice(config, spec)
+            replicas = ReplicaSet(plan.name, version)
+            _checked(plan, "batcher", partial(self._new_batcher, name, replicas, options))
+        router = config.router
+        _checked(plan, "router", lambda: self.host.load("router", router.name)(router.options))
+        _checked(plan, "split_router", lambda: self.host.get("router", config.split_router))
+        _checked(plan, "scaling", lambda: self.scaling_policy(config))
+        placement = config.placement.name
+        _checked(plan, "placement", lambda: self.host.get("placement", placement))
+        server_file = self.config.source or "ladle.toml"
+        try:
+            self.placement(placement)
+        except LadleError as exc:
+            source = f"{server_file} [plugins.options.{placement}]"
+            raise ConfigError(f"{source}: {exc.message}", file=server_file, model=plan.name) from None
+
+    def _new_batcher(
+        self, name: str, replicas: ReplicaSet, options: dict[str, Any], observer: BatchObserver | None = None
+    ) -> Batcher:
+        batcher: Batcher = self.host.load("batcher", name)(replicas, options, observer)
+        return batcher
+
+    def _batcher_choice(self, config: ModelConfig, spec: RuntimeSpec) -> tuple[str, dict[str, Any]]:
+        """The batcher a version gets: the configured one, or the runtime's preferred batcher when
+        the config keeps the default with no options."""
+        name, options = config.batcher.name, config.batcher.options
+        preferred = self.host.get("runtime", spec.plugin).capabilities.preferred_batcher
+        if preferred and name == DEFAULT_BATCHER and not options:
+            name = preferred
+        return name, options
 
     async def load_all(self, plans: Iterable[ModelPlan] | None = None) -> None:
-        """Load every planned model; a version that fails to load is reported, the rest still serve."""
+        """Load every planned model; a version that fails to load is recorded in ``failures`` and the
+        others still load. Without ``keep_going`` the start has then failed (``start_failed``)."""
         try:
             for plan in plans if plans is not None else self.plan():
                 endpoint = self._endpoint_for(plan.name, plan.config)
@@ -276,6 +398,9 @@ class ModelManager:
                         message = (
                             exc.message if isinstance(exc, LadleError) else f"{type(exc).__name__}: {exc}"
                         )
+                        files = sorted(set(plan.sources.values()))
+                        if isinstance(exc, ConfigError) and "file" not in exc.details and files:
+                            message += f" (model {plan.name!r} is configured in {', '.join(files)})"
                         self.failures[f"{plan.name}/{version}"] = message
                         self._report(plan.name, version, f"failed: {message}")
         finally:
@@ -310,8 +435,13 @@ class ModelManager:
         *,
         endpoint: ModelEndpoint | None = None,
         traffic: bool = True,
+        instances: int | None = None,
     ) -> VersionEndpoint:
-        """Load and warm one version; only when it is ready does it join the routing table."""
+        """Load and warm one version; only when it is ready does it join the routing table.
+
+        ``instances`` is an operator's count for this version (a deployment's ``resources.replicas``):
+        it starts with that many instead of the config's, and its scaling policy is told.
+        """
         if endpoint is None:
             endpoint = self.models.get(model) or self._endpoint_for(
                 model, self.repository.plan(model, self.config, self.host).config
@@ -324,26 +454,35 @@ class ModelManager:
         placement = self.placement(config.placement.name)
         replicas = ReplicaSet(model, version)
         observer = self._observers(model, version) if self._observers else None
-        batcher_name, batcher_options = config.batcher.name, config.batcher.options
-        preferred = self.host.get("runtime", spec.plugin).capabilities.preferred_batcher
-        if preferred and batcher_name == DEFAULT_BATCHER and not batcher_options:
-            batcher_name = preferred
-        batcher_factory = self.host.load("batcher", batcher_name)
-        batcher: Batcher = batcher_factory(replicas, batcher_options, observer)
-        version_endpoint = VersionEndpoint(spec, config, replicas, batcher, placement)
+        batcher_name, batcher_options = self._batcher_choice(config, spec)
+        batcher = self._new_batcher(batcher_name, replicas, batcher_options, observer)
+        policy = self.scaling_policy(config)
+        version_endpoint = VersionEndpoint(spec, config, replicas, batcher, placement, policy, instances)
         try:
-            await version_endpoint.start(config.instances, self._listener)
+            await version_endpoint.start(instances or config.instances, self._listener)
         except BaseException:
             with contextlib.suppress(Exception):
                 await version_endpoint.stop(0)
             raise
         endpoint.versions[version] = version_endpoint
+        self.failures.pop(f"{model}/{version}", None)  # it serves now, whatever failed before
+        self.failures.pop(model, None)
         for listener in self.version_listeners:
             listener(model, version, version_endpoint)
         if traffic:
             self.publish(model)
         self._report(model, version, "serving" if traffic else "loaded, no traffic yet")
         return version_endpoint
+
+    def scaling_policy(self, config: ModelConfig) -> ScalingPolicy:
+        """A new scaling policy for one version of a model (``ConfigError`` for bad options)."""
+        factory = self.host.load("scaling_policy", config.scaling.name)
+        policy = factory(config.scaling.options)
+        if not isinstance(policy, ScalingPolicy):
+            raise ConfigError(
+                f"scaling policy {config.scaling.name!r} did not build a ladle.ScalingPolicy", key="scaling"
+            )
+        return policy
 
     def placement(self, name: str) -> Placement:
         """The placement named ``name``: one object per server, shared by every version using it
@@ -360,6 +499,13 @@ class ModelManager:
         endpoint = self.models[model]
         versions = tuple(sorted((v for v, e in endpoint.versions.items() if e.ready), key=version_key))
         endpoint.set_table(RoutingTable(model, versions, dict(weights or {})))
+
+    def forget_model(self, model: str) -> None:
+        """Stop serving a model whose versions are unloaded; its load failures no longer hold
+        readiness back."""
+        self.models.pop(model, None)
+        for key in [k for k in self.failures if k == model or k.startswith(f"{model}/")]:
+            del self.failures[key]
 
     async def unload_version(self, model: str, version: str, drain_timeout: float | None = None) -> None:
         """Take a version out of routing first, then drain and stop it."""
@@ -384,3 +530,33 @@ class ModelManager:
 
     def describe(self) -> list[dict[str, Any]]:
         return [m.describe() for m in self.models.values()]
+
+
+def _checked(plan: ModelPlan, key: str, build: Callable[[], object]) -> None:
+    """Run ``build``; a failure is raised again naming where ``key`` was set (a plugin error keeps
+    its class, so a missing dependency still says what to install; anything else is a
+    ``ConfigError``)."""
+    source = plan.source(key)
+    try:
+        build()
+    except LadleError as exc:
+        details = {k: v for k, v in exc.details.items() if k not in ("file", "key", "model")}
+        kind = type(exc) if isinstance(exc, PluginError) else ConfigError
+        raise kind(
+            f"{source}: {key}: {exc.message}", file=source, key=key, model=plan.name, **details
+        ) from None
+    except Exception as exc:  # a plugin that validates its options its own way
+        raise ConfigError(
+            f"{source}: {key}: {type(exc).__name__}: {exc}", file=source, key=key, model=plan.name
+        ) from None
+
+
+def _all_of(problems: Mapping[str, LadleError]) -> LadleError:
+    """One error for every configuration problem found (the only one, as it is, when alone)."""
+    if len(problems) == 1:
+        return next(iter(problems.values()))
+    lines = "\n".join(f"  - {exc.message}" for exc in problems.values())
+    return ConfigError(
+        f"{len(problems)} configuration problems:\n{lines}",
+        problems=[{"model": name, "error": exc.message, **exc.details} for name, exc in problems.items()],
+    )

@@ -62,7 +62,9 @@ def normalise_weights(weights: Mapping[str, float], known: tuple[str, ...] | lis
     for version, weight in weights.items():
         if version not in known:
             raise InvalidRequestError(
-                f"unknown version {version!r}", version=version, available=sorted(known)
+                f"unknown version {version!r}; loaded: {sorted(known)}",
+                version=version,
+                available=sorted(known),
             )
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 100:
             raise InvalidRequestError(

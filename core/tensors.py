@@ -42,7 +42,9 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
     try:
         return DATATYPES[datatype]
     except KeyError:
-        raise SignatureMismatchError(f"unknown datatype {datatype!r}", expected=sorted(DATATYPES)) from None
+        raise SignatureMismatchError(
+            f"unknown datatype {datatype!r}; known: {', '.join(DATATYPES)}", expected=sorted(DATATYPES)
+        ) from None
 
 
 def datatype_of(array: np.ndarray[Any, Any]) -> str:
@@ -62,6 +64,16 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    # Precomputed for ``check``'s fast accept: the dtype, the rank, and the non-batch dims when fixed.
+    _dtype: np.dtype[Any] | None = field(default=None, init=False, compare=False, repr=False)
+    _rank: int = field(default=0, init=False, compare=False, repr=False)
+    _tail: tuple[int, ...] | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        tail = self.shape[1:]
+        object.__setattr__(self, "_dtype", DATATYPES.get(self.datatype))
+        object.__setattr__(self, "_rank", len(self.shape))
+        object.__setattr__(self, "_tail", None if -1 in tail else tail)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -72,12 +84,14 @@ class TensorSpec:
 
     def check(self, array: np.ndarray[Any, Any]) -> None:
         """Raise ``SignatureMismatchError`` unless ``array`` fits this spec (the batch dimension is free)."""
+        shape = array.shape
+        if array.dtype is self._dtype and len(shape) == self._rank and shape[1:] == self._tail:
+            return  # the common case, decided without a loop
         if _BY_DTYPE.get(array.dtype) != self.datatype and datatype_of(array) != self.datatype:
             raise SignatureMismatchError(
                 f"input {self.name!r} has datatype {datatype_of(array)}, expected {self.datatype}",
                 input=self.name,
             )
-        shape = array.shape
         if len(shape) != len(self.shape):
             self._wrong_shape(shape)
         for want, got in zip(self.shape[1:], shape[1:], strict=True):
@@ -144,9 +158,10 @@ class Signature:
 
     def _wrong_names(self, arrays: Mapping[str, Any]) -> NoReturn:
         expected = {spec.name for spec in self.inputs}
-        raise SignatureMismatchError(
-            "input names do not match the signature",
-            missing=sorted(expected.difference(arrays)),
-            unexpected=sorted(set(arrays).difference(expected)),
-            expected=sorted(expected),
-        )
+        missing = sorted(expected.difference(arrays))
+        unexpected = sorted(set(arrays).difference(expected))
+        takes = ", ".join(f"{spec.name!r} ({spec.datatype} {list(spec.shape)})" for spec in self.inputs)
+        text = f"input names do not match the signature: the model takes {takes}"
+        text += f"; missing {missing}" if missing else ""
+        text += f"; unexpected {unexpected}" if unexpected else ""
+        raise SignatureMismatchError(text, missing=missing, unexpected=unexpected, expected=sorted(expected))

@@ -193,3 +193,25 @@ def test_a_torch_model_in_a_worker_process_keeps_torch_out_of_the_front(tmp_path
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.splitlines()[-1]) == {"rows": 3, "torch": False}
+
+
+def test_retry_after_rounds_up_to_whole_seconds() -> None:
+    from ladle import ModelNotFoundError, ServerBusyError
+    from ladle.http.responses import error_headers
+
+    assert error_headers(ServerBusyError("full", retry_after=2.5))["Retry-After"] == "3"
+    assert error_headers(ServerBusyError("full", retry_after=0.2))["Retry-After"] == "1"
+    assert error_headers(ServerBusyError("full", retry_after=2.0))["Retry-After"] == "2"
+    assert "Retry-After" not in error_headers(ModelNotFoundError("no such model"))
+
+
+def test_refusals_for_made_up_models_share_one_series(client: httpx.Client) -> None:
+    x = np.ones((1, 2), np.float32)
+    for name in ("nope-a", "nope-b", "nope-c"):
+        assert client.post(f"/v2/models/{name}/infer", json=v2(x)).status_code == 404
+    assert client.post("/v2/models/fast/infer", content=b"{not json").status_code == 400
+    assert client.post("/v1/completions", json={"model": "nope-d", "prompt": "x"}).status_code == 404
+    metrics = client.get("/metrics").text
+    assert "nope-" not in metrics  # a client cannot create a series per invented name
+    unrouted = client.get("/api/v1/stats").json()["unrouted"]
+    assert unrouted[""]["404"] >= 4 and unrouted["fast"]["400"] >= 1

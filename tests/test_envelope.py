@@ -166,3 +166,19 @@ def test_cancel_signal() -> None:
     request.cancel.cancel("client went away")
     assert request.cancel.cancelled
     assert request.cancel.reason == "client went away"
+
+
+def test_a_padded_batch_is_split_back_to_each_requests_own_lengths() -> None:
+    from ladle import Batch, BatchItem
+
+    items = [BatchItem("a", 1, extents=(2,)), BatchItem("b", 2, extents=(4,))]
+    batch = Batch({"x": np.zeros((3, 4), np.float32)}, items)
+    outputs = {
+        "tokens": np.arange(3 * 4 * 5).reshape(3, 4, 5),  # [rows, padded seq, classes]
+        "score": np.arange(3.0),  # one value per row
+        "other": np.zeros((3, 7)),  # an axis that is not the padded one stays as it is
+    }
+    first, second = batch.split(outputs)
+    assert first["tokens"].shape == (1, 2, 5) and second["tokens"].shape == (2, 4, 5)
+    np.testing.assert_array_equal(first["tokens"], outputs["tokens"][:1, :2])
+    assert first["score"].shape == (1,) and first["other"].shape == (1, 7)

@@ -229,30 +229,18 @@ def test_gpu_count_comes_from_devices_and_resources(
     assert _gpus(tmp_path, models) == gpus
 
 
-class _ScalingModel(ModelConfig):
-    """A model config with the ``scaling`` table that the autoscaling work adds to ladle."""
-
-    scaling: dict[str, float] = {}
-
-
-def test_the_scaling_target_is_read_when_the_config_has_one() -> None:
+def test_the_scaling_target_comes_from_the_models_scaling_policy() -> None:
     spec = RuntimeSpec(plugin="python", artifact="/nonexistent", model="m", version="1")
-    plan = ModelPlan("m", _ScalingModel(scaling={"target_ongoing_requests": 1.5}), ("1",), {"1": spec})
+    scaled = ModelConfig(scaling={"name": "queue-depth", "target_ongoing_requests": 1.5})
+    plan = ModelPlan("m", scaled, ("1",), {"1": spec})
     needs: ModelNeeds = _model_needs(plan)
     assert needs.target_ongoing_requests == 1.5
     assert _model_needs(ModelPlan("m", ModelConfig(), ("1",), {"1": spec})).target_ongoing_requests == 2.0
 
 
-class _HardenedServer(ServerSection):
-    """The server section with the keys the gRPC and hardening work add."""
-
-    grpc_port: int = 8001
-    drain_grace: float = 5.0
-
-
-def test_grpc_port_and_drain_grace_are_read_when_the_config_has_them(cpu_service: Path) -> None:
+def test_grpc_port_and_drain_grace_come_from_the_config(cpu_service: Path) -> None:
     config = load_config(cpu_service)
-    section = _HardenedServer(**config.server.model_dump(), grpc_port=9001, drain_grace=12.0)
+    section = ServerSection(**{**config.server.model_dump(), "grpc_port": 9001, "drain_grace": 12.0})
     plan = plan_service(config.model_copy(update={"server": section}))
     objects = {m.kind: m.obj for m in render(plan, RenderOptions(name="svc", image="svc:1")).manifests}
     container = _container(objects)
@@ -261,7 +249,7 @@ def test_grpc_port_and_drain_grace_are_read_when_the_config_has_them(cpu_service
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > 12 + 12 + 20
     assert plan.pod_config["server"]["grpc_port"] == 9001  # the pod listens where the Service sends
-    without = plan_service(config.model_copy(update={"server": _HardenedServer(grpc_port=0)}))
+    without = plan_service(config.model_copy(update={"server": ServerSection(grpc_port=0)}))
     assert without.grpc_port is None
 
 

@@ -13,6 +13,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_connection_options(parser)
 
 
+def split_text(split: Any) -> str:
+    """``v1 90%, v2 10%`` for a split in an event's details ("" when the event carries none)."""
+    if not isinstance(split, dict):
+        return ""
+    return ", ".join(f"{version} {weight:g}%" for version, weight in split.items()) or "no traffic"
+
+
 def _print_model(state: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -20,21 +27,28 @@ def _print_model(state: dict[str, Any]) -> None:
     console = Console()
     console.print(summary(state), markup=False, highlight=False)
     versions = Table(title="versions")
-    for column in ("version", "status", "traffic", "ready"):
+    for column in ("version", "status", "traffic", "ready", "instances", "restarts"):
         versions.add_column(column)
     for version in state.get("versions", []):
+        scaling = version.get("scaling") or {}
+        instances = f"{version.get('ready_replicas', 0)}/{version.get('replicas', 0)}"
+        if scaling.get("held"):  # a crash loop backs off, or the placement refused an instance
+            instances += f" ({scaling['held']})"
         versions.add_row(
             version["version"],
             version["status"],
             f"{version['traffic']:g}%",
             "yes" if version["ready"] else "no",
+            instances,
+            str(scaling.get("restarts", 0)),
         )
     console.print(versions)
     events = Table(title="history")
-    for column in ("at", "event", "version", "message"):
+    for column in ("at", "event", "version", "traffic", "message"):
         events.add_column(column)
     for event in state.get("history", {}).get("events", [])[:20]:
-        events.add_row(event["at"], event["kind"], event.get("version") or "", event["message"])
+        split = split_text((event.get("details") or {}).get("traffic"))
+        events.add_row(event["at"], event["kind"], event.get("version") or "", split, event["message"])
     console.print(events)
 
 

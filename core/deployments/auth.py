@@ -5,7 +5,13 @@ accepted. A request without a valid ``Authorization: Bearer <token>`` gets 401; 
 token's budget (a token bucket: ``rate`` per second, bursts of ``burst``) gets 429 with
 ``Retry-After``. With ``[server] data_plane_token = true`` the data plane requires the token too:
 ``protect_data_plane(app, config)`` wraps the whole ASGI app (outermost, so a fast path inside it is
-covered) in ``TokenMiddleware``.
+covered) in ``TokenMiddleware``. Without it the data plane (inference and feedback) is open, in
+managed mode too; ``ladle serve`` says so at start (``startup_warnings``).
+
+Guessing is throttled per client address (``FailedTokenThrottle``, installed whenever a token is
+configured): after a few wrong tokens in a window, every request from that address that presents a
+token gets 429 with ``Retry-After`` until the window has passed, without the token being looked at.
+Tokens are compared in constant time and never logged or echoed.
 """
 
 from __future__ import annotations
@@ -24,11 +30,15 @@ from .errors import RateLimitedError
 
 __all__ = [
     "BearerAuth",
+    "FailedTokenThrottle",
     "RateLimiter",
+    "ThrottleMiddleware",
     "TokenBucket",
     "TokenMiddleware",
     "configured_tokens",
     "protect_data_plane",
+    "startup_warnings",
+    "throttle_failed_tokens",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -56,6 +66,14 @@ class TokenBucket:
         self.burst = burst
         self._level = burst
         self._updated = time.monotonic()
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is available (0: one is), without taking it."""
+        level = min(self.burst, self._level + (now - self._updated) * self.rate)
+        return 0.0 if level >= 1.0 else (1.0 - level) / self.rate
+
+    def full(self, now: float) -> bool:
+        return self._level + (now - self._updated) * self.rate >= self.burst
 
     def take(self, now: float) -> float:
         """0 if a token was taken, else the seconds until one is available."""
@@ -176,6 +194,73 @@ async def _reject(send: Send, error: LadleError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class FailedTokenThrottle:
+    """Failed bearer tokens per client address: ``failures`` of them within ``window`` seconds
+    (a token bucket refilling at ``failures / window`` per second), then 429 for that address."""
+
+    def __init__(self, failures: int = 5, window: float = 60.0, max_addresses: int = 10_000) -> None:
+        if failures < 1 or window <= 0:
+            raise ValueError("failures must be at least 1 and window positive")
+        self.failures = failures
+        self.window = window
+        self.max_addresses = max_addresses
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def wait(self, address: str) -> float:
+        """Seconds until ``address`` may present a token again (0: now)."""
+        bucket = self._buckets.get(address)
+        return 0.0 if bucket is None else bucket.wait(time.monotonic())
+
+    def failed(self, address: str) -> None:
+        """Count one failed token from ``address``."""
+        now = time.monotonic()
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= self.max_addresses:
+                self._forget(now)
+            bucket = self._buckets[address] = TokenBucket(self.failures / self.window, self.failures)
+        bucket.take(now)
+
+    def _forget(self, now: float) -> None:
+        """Drop addresses whose budget has refilled; if none has, the oldest half."""
+        full = [address for address, bucket in self._buckets.items() if bucket.full(now)]
+        for address in full or list(self._buckets)[: len(self._buckets) // 2]:
+            del self._buckets[address]
+
+
+class ThrottleMiddleware:
+    """ASGI middleware: counts 401 answers to requests that present a token, per client address,
+    and answers 429 to such requests from an address over ``FailedTokenThrottle``'s budget."""
+
+    def __init__(self, app: ASGIApp, throttle: FailedTokenThrottle) -> None:
+        self.app = app
+        self.throttle = throttle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not any(name == b"authorization" for name, _ in scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = str(client[0]) if client else ""
+        throttle = self.throttle
+        wait = throttle.wait(address)
+        if wait:
+            error = RateLimitedError(
+                f"too many wrong bearer tokens from this address ({throttle.failures} in "
+                f"{throttle.window:g} s); try again later",
+                retry_after=wait,
+            )
+            await _reject(send, error)
+            return
+
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                throttle.failed(address)
+            await send(message)
+
+        await self.app(scope, receive, watched)
+
+
 def protect_data_plane(
     app: ASGIApp, config: ServerConfig, *, rate: float | None = None, burst: float = 1000.0
 ) -> ASGIApp:
@@ -193,3 +278,32 @@ def protect_data_plane(
             key="server.data_plane_token",
         )
     return TokenMiddleware(app, BearerAuth(tokens, rate=rate, burst=burst))
+
+
+def throttle_failed_tokens(
+    app: ASGIApp, config: ServerConfig, throttle: FailedTokenThrottle | None = None
+) -> ASGIApp:
+    """``app`` behind the failed-token throttle (default: 5 failures a minute per address) when a
+    token is configured (else ``app``: there is no token to guess). Wrap it outermost, around
+    ``protect_data_plane``, so that it sees every 401."""
+    if not configured_tokens(config):
+        return app
+    return ThrottleMiddleware(app, throttle or FailedTokenThrottle())
+
+
+def startup_warnings(config: ServerConfig) -> list[str]:
+    """What an operator should know about how this server is protected (printed at start)."""
+    if config.server.state is None:
+        return []
+    warnings = []
+    if not config.server.data_plane_token:
+        warnings.append(
+            "managed mode with an open data plane: inference and feedback need no token; set "
+            "[server] data_plane_token = true to require the API token there too"
+        )
+    if not configured_tokens(config):
+        warnings.append(
+            "managed mode without an API token: the control API refuses every change (401); set "
+            "[server] api_token or the LADLE_API_TOKEN environment variable"
+        )
+    return warnings

@@ -25,7 +25,8 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -34,17 +35,23 @@ from ..config import ServerConfig
 from ..errors import ClientError, InvalidRequestError, LadleError, ModelNotFoundError, RuntimeFailureError
 from ..options import validation_error
 from ..repository import ModelPlan, check_name, version_key
+from ..routing import RoutingTable
 from ..serving import ModelEndpoint, ModelManager
 from ..splits import normalise_weights
 from .delivery import Delivery
 from .errors import ConflictError, UnknownRequestError
 from .events import EventLog, iso_time
 from .resilience import ResiliencePolicy
+from .resources import DeploymentResources, check_gpu, parse_resources, stored_resources, versions_view
 from .restore import StoreSync, config_resilience, message_of
 from .rollout import GuardedRollout, RolloutPlan
 from .rollout_runner import RolloutRunner, rollout_record
 from .router_policy import RouterChoice, RouterPolicy, current_split, scaled, version_status, write_split
 from .store import DeploymentStore, RolloutRecord, Transaction
+
+if TYPE_CHECKING:
+    from ..fronts import FrontLink
+    from ..scaling_loop import ScalingLoop
 
 __all__ = ["DeploymentController", "DeploymentFailedError", "DeploymentOptions", "RouterChoice"]
 
@@ -83,6 +90,12 @@ class DeploymentController(RolloutRunner, StoreSync):
             lambda: ((model, delivery.breakers) for model, delivery in self.deliveries.items()),
         )
         self._locks: dict[str, asyncio.Lock] = {}
+        #: The other fronts of ``ladle serve --workers N`` (``ladle.fronts``): a follower front
+        #: follows the store and relays every change to the writer front, which applies it.
+        self.front: FrontLink | None = None
+        #: The server's scaling loop (``ladle.scaling_loop``): replicas per version, ``scale``.
+        self.scaling: ScalingLoop | None = None
+        self._deploying: dict[tuple[str, str], float] = {}
 
     # lifecycle ---------------------------------------------------------------------------------
 
@@ -115,8 +128,11 @@ class DeploymentController(RolloutRunner, StoreSync):
             self._check_resilience(plan.name, config_resilience(plan.config))
         store = self.store
         try:
-            if store is not None and not await asyncio.to_thread(store.is_empty):
+            if self.front is not None and self.front.follower:
+                await self.front.follow(plans)
+            elif store is not None and not await asyncio.to_thread(store.is_empty):
                 await self._restore(store)
+                await self._restore_replicas(store)
             else:
                 await self.manager.load_all(plans)
                 if store is not None:
@@ -133,6 +149,8 @@ class DeploymentController(RolloutRunner, StoreSync):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.front is not None:
+            await self.front.close()
         await self.events.close()
         for delivery in self.deliveries.values():
             await delivery.close()
@@ -162,17 +180,30 @@ class DeploymentController(RolloutRunner, StoreSync):
         version: str,
         traffic: float | None = None,
         options: DeploymentOptions | Mapping[str, Any] | None = None,
+        resources: DeploymentResources | Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Load and warm ``version`` (if it is not loaded yet), then give it traffic.
 
         Without a rollout the version gets ``traffic`` percent (default 100) and the versions that
         served scale down in proportion; with ``options.rollout`` it starts at the first step and a
-        guarded rollout takes it from there.
+        guarded rollout takes it from there. ``resources`` (``ladle.deployments.resources``): the
+        GPU kind it needs (409 on a machine without one) and its replicas.
         """
         self._require_managed()
+        if self.front is not None and self.front.follower:
+            raw = options
+            if isinstance(options, BaseModel):
+                raw = options.model_dump(exclude_none=True, mode="json")
+            payload = {"model": model, "version": version, "traffic": traffic, "options": raw or {}}
+            if resources is not None:
+                payload["resources"] = (
+                    resources.model_dump(exclude_none=True) if isinstance(resources, BaseModel) else resources
+                )
+            return await self.front.relay("POST", "/api/v1/deployments", payload)
         check_name("model", model)
         check_name("version", version)
         parsed = _parse_options(options)
+        wanted = parse_resources(dict(resources) if isinstance(resources, Mapping) else resources)
         if traffic is not None and (isinstance(traffic, bool) or not 0 <= float(traffic) <= 100):
             raise InvalidRequestError(f"traffic must be a percent from 0 to 100, got {traffic!r}")
         async with self._lock(model):
@@ -182,6 +213,8 @@ class DeploymentController(RolloutRunner, StoreSync):
                     rollout=self.rollouts[model].describe(),
                 )
             self.manager.repository.version_dir(model, version)  # 404 before loading anything
+            if wanted is not None and wanted.gpu is not None:
+                check_gpu(wanted.gpu)  # 409 naming the GPUs this machine has
             # Everything that can be checked is checked before a version loads.
             endpoint = self.manager.models.get(model)
             current = current_split(endpoint) if endpoint is not None else {}
@@ -201,19 +234,31 @@ class DeploymentController(RolloutRunner, StoreSync):
                 if endpoint is not None
                 else None
             )
+            replicas = wanted.replicas if wanted is not None else None
             if endpoint is None or version not in endpoint.versions:
                 await self.events.record(model, "loading", f"loading version {version!r}", version=version)
+                self._deploying[(model, version)] = time.time()
                 try:
-                    await self._load(model, version)
+                    await self._load(model, version, replicas)
                 except DeploymentFailedError as exc:
                     await self._commit_failed_load(model, version, exc)
                     raise
+                finally:
+                    self._deploying.pop((model, version), None)
                 endpoint = self.manager.models[model]
+            elif replicas is not None and self.scaling is not None:
+                await self.scaling.scale(model, version, replicas)
             if choice is None:  # a model new to this server: its router is known once it loaded
                 choice = self.router_policy.choose(endpoint, parsed.router, weights, version)
             router, router_name, router_options = choice
             resilience = parsed.resilience
             version_options = parsed.model_dump(exclude_none=True, mode="json")
+            kept = endpoint.versions[version].requested
+            if wanted is not None or kept is not None:
+                version_options["resources"] = {
+                    **({"replicas": kept} if kept is not None else {}),
+                    **(wanted.model_dump(exclude_none=True) if wanted is not None else {}),
+                }
 
             def write(tx: Transaction) -> None:
                 tx.upsert_model(
@@ -262,6 +307,8 @@ class DeploymentController(RolloutRunner, StoreSync):
     async def set_traffic(self, model: str, weights: Mapping[str, Any]) -> dict[str, Any]:
         """Replace the split (percent per loaded version, summing to 100); cancels a running rollout."""
         self._require_managed()
+        if self.front is not None and self.front.follower:
+            return await self.front.relay("PUT", f"/api/v1/deployments/{quote(model)}/traffic", weights)
         endpoint = self.manager.endpoint(model)
         if not isinstance(weights, Mapping):
             raise InvalidRequestError(
@@ -300,6 +347,9 @@ class DeploymentController(RolloutRunner, StoreSync):
         """All traffic back to ``to`` or, by default, to the version that last served alone before
         the most recently deployed one. The versions that lose their traffic are marked rolled back."""
         self._require_managed()
+        if self.front is not None and self.front.follower:
+            body = {"version": to} if to is not None else {}
+            return await self.front.relay("POST", f"/api/v1/deployments/{quote(model)}/rollback", body)
         endpoint = self.manager.endpoint(model)
         async with self._lock(model):
             rollout = self.rollouts.get(model)
@@ -322,6 +372,9 @@ class DeploymentController(RolloutRunner, StoreSync):
     async def retire(self, model: str, version: str) -> dict[str, Any]:
         """Unload a version that has no traffic (it stays in the repository and the history)."""
         self._require_managed()
+        if self.front is not None and self.front.follower:
+            path = f"/api/v1/deployments/{quote(model)}/versions/{quote(version)}"
+            return await self.front.relay("DELETE", path)
         endpoint = self.manager.endpoint(model)
         async with self._lock(model):
             if version not in endpoint.versions:
@@ -348,6 +401,92 @@ class DeploymentController(RolloutRunner, StoreSync):
             if delivery is not None:
                 delivery.forget_version(version)
         return await self.describe(model)
+
+    async def unload(self, model: str) -> dict[str, Any]:
+        """Take every version of a model out of routing, record it, then drain and unload them
+        (the Triton repository extension's unload). Refused (409) while a guarded rollout runs."""
+        self._require_managed()
+        if self.front is not None and self.front.follower:
+            return await self.front.relay("POST", f"/v2/repository/models/{quote(model)}/unload")
+        manager = self.manager
+        endpoint = manager.endpoint(model)
+        async with self._lock(model):
+            rollout = self.rollouts.get(model)
+            if rollout is not None and rollout.state == "running":
+                raise ConflictError(
+                    f"model {model!r} has a rollout in progress; roll it back before unloading the model",
+                    rollout=rollout.describe(),
+                )
+            versions = sorted(endpoint.versions, key=version_key)
+            before = current_split(endpoint)
+
+            def write(tx: Transaction) -> None:
+                write_split(tx, model, before, {}, "model unloaded")
+                for version in versions:
+                    tx.set_status(model, version, "retired")
+                tx.event(
+                    model,
+                    "unloaded",
+                    f"model {model!r} unloaded (versions {', '.join(versions) or 'none'})",
+                    details={"versions": versions, "traffic": {}, "previous_traffic": before},
+                )
+
+            await self._commit(write)
+            endpoint.set_table(RoutingTable(model, ()))  # no request is routed to it from here on
+            for version in versions:
+                await manager.unload_version(model, version)
+            manager.forget_model(model)
+            delivery = self.deliveries.pop(model, None)
+            if delivery is not None:
+                await delivery.close()
+        return {"name": model, "unloaded": versions}
+
+    async def scale(self, model: str, version: str, replicas: int) -> dict[str, Any]:
+        """Set a version's replicas at runtime (``ladle scale``): its instance count under the fixed
+        policy, its floor under an autoscaling one. Returns once the instances are ready or drained.
+
+        Allowed in static mode too: it changes how many instances serve, not what is served. In
+        managed mode the count is recorded with the deployment, so a restart keeps it.
+        """
+        if self.front is not None and self.front.follower:
+            path = f"/api/v1/deployments/{quote(model)}/versions/{quote(version)}/replicas"
+            return await self.front.relay("PUT", path, {"replicas": replicas})
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= 256:
+            raise InvalidRequestError(f"replicas must be an integer from 0 to 256, got {replicas!r}")
+        endpoint = self.manager.endpoint(model)
+        endpoint.loaded(version)  # 404 naming the loaded versions
+        scaling = self.scaling
+        if scaling is None:
+            raise ConflictError("this server runs no scaling loop: replicas cannot change at runtime")
+        async with self._lock(model):
+            store = self.store
+            if store is not None:
+                records = {r.version: r for r in await asyncio.to_thread(store.deployments, model)}
+                record = records.get(version)
+                options = dict(record.options) if record is not None else {}
+                options["resources"] = {**dict(options.get("resources") or {}), "replicas": replicas}
+                split = current_split(endpoint)
+                status = record.status if record is not None else version_status(version, split, None)
+
+                def write(tx: Transaction) -> None:
+                    tx.upsert_model(model)
+                    tx.upsert_deployment(model, version, status=status, options=options)
+
+                await self._commit(write)
+            await scaling.scale(model, version, replicas)
+        return await self.describe(model)
+
+    async def _restore_replicas(self, store: DeploymentStore) -> None:
+        """Give restored versions the replicas their deployments recorded."""
+        if self.scaling is None:
+            return
+        for record in await asyncio.to_thread(store.deployments):
+            wanted = stored_resources(record.options)
+            endpoint = self.manager.models.get(record.model)
+            if wanted is None or wanted.replicas is None or endpoint is None:
+                continue
+            if record.version in endpoint.versions:
+                await self.scaling.scale(record.model, record.version, wanted.replicas)
 
     def feedback(self, model: str, request_id: str, label: Any) -> dict[str, Any]:
         """Record the true label of a served request, for the accuracy guard of a running rollout."""
@@ -425,12 +564,16 @@ class DeploymentController(RolloutRunner, StoreSync):
                     },
                 )
         rollout = self.rollouts.get(model)
+        ordered = sorted(versions.values(), key=lambda v: version_key(v["version"]))
         described: dict[str, Any] = {
             "name": model,
             "mode": self.mode,
             "router": endpoint.router_name if endpoint is not None else None,
             "traffic": traffic,
-            "versions": sorted(versions.values(), key=lambda v: version_key(v["version"])),
+            "versions": ordered,
+            "deployments": versions_view(
+                model, ordered, endpoint, records, self.scaling, self._deploying, traffic
+            ),
             "rollout": rollout.describe() if rollout is not None else None,
         }
         if rollout is None and store is not None:
@@ -466,10 +609,10 @@ class DeploymentController(RolloutRunner, StoreSync):
 
     # helpers ------------------------------------------------------------------------------------
 
-    async def _load(self, model: str, version: str) -> None:
+    async def _load(self, model: str, version: str, instances: int | None = None) -> None:
         """Load and warm a version with no traffic; ``DeploymentFailedError`` (422) if it cannot."""
         try:
-            await self.manager.load_version(model, version, traffic=False)
+            await self.manager.load_version(model, version, traffic=False, instances=instances)
         except Exception as exc:
             endpoint = self.manager.models.get(model)
             if endpoint is not None and not endpoint.versions:

@@ -18,6 +18,7 @@ the window sizes a guard waits for (``min_samples``, 30 or more).
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections import deque
@@ -37,6 +38,8 @@ __all__ = [
     "Verdict",
     "VersionSamples",
     "WindowFigures",
+    "decode_samples",
+    "encode_samples",
     "judge",
     "mann_whitney_u",
     "normal_sf",
@@ -222,6 +225,26 @@ class VersionSamples:
         self._outcomes.clear()
         self._labels.clear()
 
+    def export(self, window: float) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """The samples of the last ``window`` seconds with wall-clock times (they outlive this
+        process): ``(outcomes [n, 3], labels [m, 3])`` as ``record`` and ``record_label`` keep them."""
+        offset = time.time() - time.monotonic()
+        since = time.monotonic() - window
+        outcomes = np.asarray([o for o in list(self._outcomes) if o[0] >= since], dtype=np.float64)
+        labels = np.asarray([x for x in list(self._labels) if x[0] >= since], dtype=np.float64)
+        outcomes, labels = outcomes.reshape(-1, 3), labels.reshape(-1, 3)
+        outcomes[:, 0] += offset
+        labels[:, 0] += offset
+        return outcomes, labels
+
+    def restore(self, outcomes: np.ndarray[Any, Any], labels: np.ndarray[Any, Any]) -> None:
+        """Put exported samples back (before any recorded since), their times made monotonic again."""
+        offset = time.time() - time.monotonic()
+        self._outcomes.extendleft(
+            (float(t) - offset, float(latency), float(score)) for t, latency, score in outcomes[::-1]
+        )
+        self._labels.extendleft((float(t) - offset, int(c), int(n)) for t, c, n in labels[::-1])
+
     def figures(self, window: float, now: float | None = None) -> WindowFigures:
         """Figures of the samples from the last ``window`` seconds."""
         since = (time.monotonic() if now is None else now) - window
@@ -239,6 +262,30 @@ class VersionSamples:
             labelled=sum(t for _, t in labels),
             correct=sum(c for c, _ in labels),
         )
+
+
+def encode_samples(samples: Mapping[str, VersionSamples], window: float) -> bytes:
+    """The samples of every version, as the deployment store keeps them (numpy's ``.npz``)."""
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    for index, (version, version_samples) in enumerate(samples.items()):
+        outcomes, labels = version_samples.export(window)
+        arrays[f"v{index}_outcomes"], arrays[f"v{index}_labels"] = outcomes, labels
+        arrays[f"v{index}_name"] = np.frombuffer(version.encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def decode_samples(blob: bytes) -> dict[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
+    """What ``encode_samples`` wrote: version -> (outcomes, labels)."""
+    decoded: dict[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        index = 0
+        while f"v{index}_name" in archive:
+            version = archive[f"v{index}_name"].tobytes().decode()
+            decoded[version] = (archive[f"v{index}_outcomes"], archive[f"v{index}_labels"])
+            index += 1
+    return decoded
 
 
 # the judgement -----------------------------------------------------------------------------------

@@ -6,20 +6,33 @@ any moment rolls back at once. A step that has not gathered enough samples after
 seconds (when set) rolls back too: a canary nobody exercises is not shown to be healthy. Reaching
 100% promotes the canary (the stable version no longer has traffic to be compared with). See
 ``ladle.deployments.guards`` for the tests.
+
+In managed mode the rollout saves its progress to the deployment store every ``PERSIST_EVERY``
+seconds and when it stops: the wall time its step began and the guards' samples. A restart resumes
+the step where it was (time at the step counts from that start) and judges with the samples it had.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import logging
 import time
 from itertools import pairwise
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .guards import GuardPolicy, Verdict, VersionSamples, judge
+from .guards import GuardPolicy, Verdict, VersionSamples, decode_samples, encode_samples, judge
+from .store import DeploymentStore, RolloutProgress
 
-__all__ = ["GuardedRollout", "RolloutHost", "RolloutPlan"]
+__all__ = ["PERSIST_EVERY", "GuardedRollout", "RolloutHost", "RolloutPlan"]
+
+logger = logging.getLogger("ladle.deployments")
+
+#: Seconds between two saves of a running rollout's progress.
+PERSIST_EVERY = 2.0
 
 
 class RolloutPlan(BaseModel):
@@ -47,6 +60,9 @@ class RolloutPlan(BaseModel):
 
 class RolloutHost(Protocol):
     """What a rollout needs from the controller."""
+
+    #: Where progress is saved (``None``: static mode, nothing is kept).
+    store: DeploymentStore | None
 
     async def rollout_step(self, rollout: GuardedRollout, percent: float) -> None:
         """Give the canary ``percent`` of the traffic (the stable version the rest) and record it."""
@@ -91,6 +107,9 @@ class GuardedRollout:
         #: Wall time the rollout began (kept across restarts).
         self.started_at = time.time()
         self._task: asyncio.Task[None] | None = None
+        self._resumed_step_start: float | None = None  # wall time, from the store
+        self._step_started_wall = 0.0
+        self._saved = 0.0
 
     @property
     def percent(self) -> float:
@@ -131,9 +150,69 @@ class GuardedRollout:
         self.verdict = verdict
         return verdict
 
+    @property
+    def step_started_at(self) -> float:
+        """Wall time the current step began (kept across restarts)."""
+        return self._step_started_wall
+
+    async def resume(self) -> bool:
+        """Take up the progress the store has for this rollout and step, if any (samples included)."""
+        store = self.host.store
+        if store is None:
+            return False
+        progress = await asyncio.to_thread(store.rollout_progress, self.model)
+        if progress is None or progress.step != self.step:
+            return False
+        if abs(progress.started_at - self.started_at) > 1e-6:
+            return False  # the progress of an earlier rollout of this model
+        self._resumed_step_start = progress.step_started_at
+        for version, (outcomes, labels) in decode_samples(progress.samples).items():
+            if version in self.samples:
+                self.samples[version].restore(outcomes, labels)
+        return True
+
+    def _progress(self) -> RolloutProgress | None:
+        """What to save; ``None`` before the first step began (nothing to resume)."""
+        step_started_at = self._resumed_step_start
+        if step_started_at is None:
+            if not self.step_started:
+                return None
+            step_started_at = self.step_started_at
+        samples = encode_samples(self.samples, self.plan.guard.window)
+        return RolloutProgress(self.model, self.started_at, self.step, step_started_at, samples, 0.0)
+
+    def _write(self, store: DeploymentStore, progress: RolloutProgress | None) -> None:
+        if progress is None:
+            return
+        record = store.rollout(self.model)
+        if record is None or (record.canary, record.stable) != (self.canary, self.stable):
+            return  # the store no longer holds this rollout
+        # keyed by the store's own start time: that is what a restart resumes this rollout with
+        progress = dataclasses.replace(progress, started_at=record.started_at)
+        with store.transaction() as tx:
+            tx.save_rollout_progress(progress)
+
+    async def save_progress(self) -> None:
+        """Save the step's start and the samples (a failed save is logged; the rollout goes on)."""
+        store = self.host.store
+        if store is None:
+            return
+        self._saved = time.monotonic()
+        try:
+            await asyncio.to_thread(self._write, store, self._progress())
+        except Exception as exc:  # the store is closing or failing: the next save tries again
+            logger.warning("rollout of %s: progress not saved: %s", self.model, exc)
+
     async def _run(self) -> None:
         try:
+            await self.resume()
             await self._steps()
+        except asyncio.CancelledError:
+            store = self.host.store
+            if self.state == "running" and store is not None:  # detached: the server stops
+                with contextlib.suppress(Exception):
+                    self._write(store, self._progress())
+            raise
         except Exception as exc:
             self.state = "failed"
             self.reason = f"{type(exc).__name__}: {exc}"
@@ -144,9 +223,17 @@ class GuardedRollout:
         while self.step < len(steps) and steps[self.step] < 100:
             await self.host.rollout_step(self, steps[self.step])
             self.step_started = time.monotonic()
+            self._step_started_wall = time.time()
+            if self._resumed_step_start is not None:  # a restart: the step began before it
+                self.step_started -= max(0.0, self._step_started_wall - self._resumed_step_start)
+                self._step_started_wall = self._resumed_step_start
+                self._resumed_step_start = None
+            await self.save_progress()
             while True:
                 await asyncio.sleep(self.plan.check_every)
                 verdict = self.judge()
+                if time.monotonic() - self._saved >= PERSIST_EVERY:
+                    await self.save_progress()
                 if verdict.breaches:
                     self.state = "rolled_back"
                     self.reason = verdict.reason()

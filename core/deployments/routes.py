@@ -5,9 +5,15 @@ method   path                                            does
 =======  ==============================================  ============================================
 GET      /api/v1/deployments                             every model: mode, router, traffic, versions
 GET      /api/v1/deployments/{name}                      one model, with split and event history
-POST     /api/v1/deployments                             deploy ``{"model", "version", "traffic",
-                                                         "options": {"rollout", "router", "resilience"}}``
+POST     /api/v1/deployments                             deploy ``{"model_name", "version",
+                                                         "traffic_percent", "resources": {"gpu",
+                                                         "replicas"}, "options": {"rollout",
+                                                         "router", "resilience"}}`` (``model`` and
+                                                         ``traffic`` are accepted for the first two)
 PUT      /api/v1/deployments/{name}/traffic              ``{"v1": 90, "v2": 10}`` (sums to 100)
+PUT      /api/v1/deployments/{name}/versions/{version}/  ``{"replicas": 4}``: the version's instance
+         replicas                                        count (its floor under an autoscaling
+                                                         policy); static mode too
 POST     /api/v1/deployments/{name}/rollback             ``{}`` or ``{"version": "v1"}``
 DELETE   /api/v1/deployments/{name}/versions/{version}   unload a version without traffic
 POST     /api/v1/models/{name}/feedback                  ``{"request_id": ..., "label": ...}``
@@ -15,7 +21,7 @@ POST     /api/v1/models/{name}/feedback                  ``{"request_id": ..., "
 
 Every control route needs the bearer token when one is configured; without one, reads are open and
 changes are refused (401). Feedback follows the data plane's rule (``[server] data_plane_token``).
-In static mode every change answers 409. Errors are JSON bodies with the status of their class.
+In static mode every change but replicas answers 409. Errors are JSON bodies with the status of their class.
 """
 
 from __future__ import annotations
@@ -23,79 +29,59 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..config import ServerConfig, validation_error
-from ..errors import InvalidRequestError, LadleError, PayloadTooLargeError
+from ..errors import InvalidRequestError, LadleError
+from ..http.responses import error_response, json_response, read_json_object
 from .auth import BearerAuth, configured_tokens
 from .controller import DeploymentController
+from .resources import DeploymentResources
 
-__all__ = ["DeployBody", "control_routes"]
+__all__ = ["DeployBody", "FeedbackBody", "RollbackBody", "ScaleBody", "control_routes"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
 class DeployBody(BaseModel):
-    """The body of ``POST /api/v1/deployments``."""
+    """The body of ``POST /api/v1/deployments``: the design brief's ``{"model_name", "version",
+    "traffic_percent", "resources": {"gpu", "replicas"}}``, or ``model`` / ``traffic``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
+    model: str = Field(validation_alias=AliasChoices("model_name", "model"))
     version: str
-    traffic: float | None = Field(default=None, ge=0, le=100)
+    traffic: float | None = Field(
+        default=None, ge=0, le=100, validation_alias=AliasChoices("traffic_percent", "traffic")
+    )
+    resources: DeploymentResources | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class _RollbackBody(BaseModel):
+class ScaleBody(BaseModel):
+    """The body of ``PUT /api/v1/deployments/{name}/versions/{version}/replicas``."""
+
+    model_config = ConfigDict(extra="forbid")
+    replicas: int = Field(ge=0, le=256, strict=True)
+
+
+class RollbackBody(BaseModel):
+    """The body of ``POST /api/v1/deployments/{name}/rollback``: the version to go back to, or none."""
+
     model_config = ConfigDict(extra="forbid")
     version: str | None = None
 
 
-class _FeedbackBody(BaseModel):
+class FeedbackBody(BaseModel):
+    """The body of ``POST /api/v1/models/{name}/feedback``: a served request's true label."""
+
     model_config = ConfigDict(extra="forbid")
     request_id: str
     label: Any
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, "application/json"
-    )
-
-
-def _error(error: LadleError) -> Response:
-    headers: dict[str, str] = dict(error.headers)
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(retry_after)))
-    if error.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return _json(error.to_dict(), error.status, headers)
-
-
-async def _body(request: Request, limit: int, *, optional: bool = False) -> Any:
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise PayloadTooLargeError(f"request body exceeds {limit} bytes", limit=limit)
-    raw = await request.body()
-    if len(raw) > limit:
-        raise PayloadTooLargeError(f"request body exceeds {limit} bytes", limit=limit)
-    if not raw.strip():
-        if optional:
-            return {}
-        raise InvalidRequestError("request body must be a JSON object")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("request body must be a JSON object")
-    return body
 
 
 def _parse(schema: type[_Body], body: Any, what: str) -> _Body:
@@ -129,40 +115,49 @@ def control_routes(
                     auth.check(authorization, required=write or auth.enabled)
                 return await handler(request)
             except LadleError as exc:
-                return _error(exc)
+                return error_response(exc, request=request)
 
         return endpoint
 
     async def list_deployments(request: Request) -> Response:
-        return _json(await controller.describe_all())
+        return json_response(await controller.describe_all())
 
     async def get_deployment(request: Request) -> Response:
         limit_text = request.query_params.get("limit", "50")
         if not limit_text.isdigit() or not 0 < int(limit_text) <= 1000:
             raise InvalidRequestError("limit must be an integer from 1 to 1000")
-        return _json(await controller.describe(request.path_params["name"], limit=int(limit_text)))
+        return json_response(await controller.describe(request.path_params["name"], limit=int(limit_text)))
 
     async def deploy(request: Request) -> Response:
-        body = _parse(DeployBody, await _body(request, limit), "body")
-        state = await controller.deploy(body.model, body.version, body.traffic, body.options)
-        return _json(state, 201)
+        raw = await read_json_object(request, limit)
+        for name, alias in (("model_name", "model"), ("traffic_percent", "traffic")):
+            if name in raw and alias in raw:
+                raise InvalidRequestError(f"give {name!r} or {alias!r}, not both", field=name)
+        body = _parse(DeployBody, raw, "body")
+        state = await controller.deploy(body.model, body.version, body.traffic, body.options, body.resources)
+        return json_response(state, 201)
 
     async def traffic(request: Request) -> Response:
-        weights = await _body(request, limit)
-        return _json(await controller.set_traffic(request.path_params["name"], weights))
+        weights = await read_json_object(request, limit)
+        return json_response(await controller.set_traffic(request.path_params["name"], weights))
 
     async def rollback(request: Request) -> Response:
-        body = _parse(_RollbackBody, await _body(request, limit, optional=True), "body")
-        return _json(await controller.rollback(request.path_params["name"], body.version))
+        body = _parse(RollbackBody, await read_json_object(request, limit, optional=True), "body")
+        return json_response(await controller.rollback(request.path_params["name"], body.version))
+
+    async def replicas(request: Request) -> Response:
+        body = _parse(ScaleBody, await read_json_object(request, limit), "body")
+        params = request.path_params
+        return json_response(await controller.scale(params["name"], params["version"], body.replicas))
 
     async def retire(request: Request) -> Response:
         params = request.path_params
-        return _json(await controller.retire(params["name"], params["version"]))
+        return json_response(await controller.retire(params["name"], params["version"]))
 
     async def feedback(request: Request) -> Response:
-        body = _parse(_FeedbackBody, await _body(request, limit), "body")
+        body = _parse(FeedbackBody, await read_json_object(request, limit), "body")
         result = controller.feedback(request.path_params["name"], body.request_id, body.label)
-        return _json(result, 202 if not result["recorded"] else 200)
+        return json_response(result, 202 if not result["recorded"] else 200)
 
     return [
         Route("/api/v1/deployments", guarded(list_deployments), methods=["GET"]),
@@ -174,6 +169,11 @@ def control_routes(
             "/api/v1/deployments/{name}/versions/{version}",
             guarded(retire, write=True),
             methods=["DELETE"],
+        ),
+        Route(
+            "/api/v1/deployments/{name}/versions/{version}/replicas",
+            guarded(replicas, write=True),
+            methods=["PUT"],
         ),
         Route("/api/v1/models/{name}/feedback", guarded(feedback, data_plane=True), methods=["POST"]),
     ]

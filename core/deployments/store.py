@@ -2,7 +2,8 @@
 
 Tables: ``models`` (router and model-level options), ``deployments`` (one row per model version:
 traffic percent, status, options), ``traffic_splits`` (every split ever applied, for history and
-rollback), ``events`` (what happened and why) and ``rollouts`` (the guarded rollout of each model).
+rollback), ``events`` (what happened and why), ``rollouts`` (the guarded rollout of each model) and
+``rollout_progress`` (the running step's start and the guards' samples, saved every few seconds).
 The schema version lives in ``PRAGMA user_version`` and migrations run in order at open. The file
 runs in WAL mode with full synchronisation; every change is one transaction, so a crash leaves the
 state either before or after a change, never in between.
@@ -33,6 +34,7 @@ __all__ = [
     "DeploymentStore",
     "EventRecord",
     "ModelRecord",
+    "RolloutProgress",
     "RolloutRecord",
     "SplitRecord",
     "Transaction",
@@ -91,6 +93,17 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: where a running rollout's step is, so that a restart resumes it with its evidence
+    """
+    CREATE TABLE rollout_progress (
+        model TEXT PRIMARY KEY REFERENCES models(name) ON DELETE CASCADE,
+        started_at REAL NOT NULL,
+        step INTEGER NOT NULL,
+        step_started_at REAL NOT NULL,
+        samples BLOB NOT NULL,
+        saved_at REAL NOT NULL
+    );
+    """,
 )
 
 #: The schema version this ladle writes.
@@ -148,6 +161,19 @@ class EventRecord:
     message: str
     details: dict[str, Any]
     created_at: float
+
+
+@dataclass(frozen=True)
+class RolloutProgress:
+    """Where a running rollout is: the rollout (``started_at`` of its ``RolloutRecord``), its step,
+    the wall time that step began and the guards' samples (``ladle.deployments.guards.encode_samples``)."""
+
+    model: str
+    started_at: float
+    step: int
+    step_started_at: float
+    samples: bytes
+    saved_at: float
 
 
 @dataclass(frozen=True)
@@ -290,6 +316,22 @@ class Transaction:
             ),
         )
 
+    def save_rollout_progress(self, progress: RolloutProgress) -> None:
+        self._db.execute(
+            "INSERT INTO rollout_progress (model, started_at, step, step_started_at, samples, saved_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(model) DO UPDATE SET started_at = excluded.started_at, "
+            "step = excluded.step, step_started_at = excluded.step_started_at, "
+            "samples = excluded.samples, saved_at = excluded.saved_at",
+            (
+                progress.model,
+                progress.started_at,
+                progress.step,
+                progress.step_started_at,
+                progress.samples,
+                self.now,
+            ),
+        )
+
 
 class DeploymentStore:
     """Thread-safe access to the store file (the controller calls it from a worker thread)."""
@@ -390,6 +432,11 @@ class DeploymentStore:
 
     # reads -------------------------------------------------------------------------------------
 
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: it changes after another connection (another front
+        process) committed to the file, and only then; no table is read."""
+        return int(self._rows("PRAGMA data_version")[0][0])
+
     def is_empty(self) -> bool:
         return not self._rows("SELECT 1 FROM models LIMIT 1")
 
@@ -450,3 +497,14 @@ class DeploymentStore:
             return None
         m, canary, stable, plan, step, state, reason, started, updated = rows[0]
         return RolloutRecord(m, canary, stable, _load(plan), step, state, reason, started, updated)
+
+    def rollout_progress(self, model: str) -> RolloutProgress | None:
+        rows = self._rows(
+            "SELECT model, started_at, step, step_started_at, samples, saved_at "
+            "FROM rollout_progress WHERE model = ?",
+            (model,),
+        )
+        if not rows:
+            return None
+        m, started, step, step_started, samples, saved = rows[0]
+        return RolloutProgress(m, started, step, step_started, bytes(samples), saved)

@@ -77,3 +77,9 @@ class Executor(ABC):
     @property
     def pid(self) -> int | None:
         return None
+
+    @property
+    def lost(self) -> str:
+        """Why the executor can no longer run batches although nobody stopped it (its worker
+        process died, say); empty while it can. Polled by the supervisor, off the data path."""
+        return ""

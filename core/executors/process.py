@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import mmap
 import multiprocessing
 import os
@@ -32,6 +33,8 @@ from .base import Executor, RuntimeInfo, build_runtime
 from .isolation import ItemResult, execute_isolated
 
 __all__ = ["Arena", "ProcessExecutor"]
+
+logger = logging.getLogger("ladle.executors")
 
 _ALIGN = 64
 Layout = list[tuple[str, str, tuple[int, ...], int]]
@@ -217,6 +220,18 @@ class ProcessExecutor(Executor):
         return self._process.pid if self._process is not None else None
 
     @property
+    def lost(self) -> str:
+        process = self._process
+        if self._failed:
+            return self._failed
+        if process is None or self._conn is None or process.is_alive():
+            return ""
+        return (  # no process id: this message can reach a client
+            f"the worker process of model {self.spec.model!r} version {self.spec.version!r} "
+            f"died (exit code {process.exitcode})"
+        )
+
+    @property
     def env(self) -> dict[str, str]:
         """The environment variables the worker process starts with, beyond the front's own."""
         return dict(self._env)
@@ -233,8 +248,14 @@ class ProcessExecutor(Executor):
             if self._process is not None:
                 self._process.join(timeout=1)
                 code = self._process.exitcode
-            self._failed = f"worker process {self.pid} died (exit code {code})"
-            raise InstanceFailedError(self._failed, model=self.spec.model, version=self.spec.version) from exc
+            self._failed = (
+                f"the worker process of model {self.spec.model!r} version {self.spec.version!r} "
+                f"died (exit code {code})"
+            )
+            logger.error("%s; its process id was %s", self._failed, self.pid)
+            raise InstanceFailedError(
+                self._failed, model=self.spec.model, version=self.spec.version, pid=self.pid
+            ) from exc
         if status == "error":
             raise payload
         return payload
@@ -272,7 +293,8 @@ class ProcessExecutor(Executor):
     def _execute(self, batch: Batch) -> list[ItemResult]:
         path, layout, by_pipe = self._arena.write(batch.inputs)
         items = [
-            BatchItem(i.request_id, i.rows, dict(i.parameters), i.deadline, i.cancelled) for i in batch.items
+            BatchItem(i.request_id, i.rows, dict(i.parameters), i.deadline, i.cancelled, i.extents)
+            for i in batch.items
         ]
         packed = self._roundtrip(("execute", path, layout, by_pipe, items))
         return _unpack_results(self._results, packed)

@@ -20,11 +20,25 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..admission import Answer
 from ..envelope import CancelSignal
-from ..errors import LadleError, PayloadTooLargeError, RuntimeFailureError
+from ..errors import (
+    LadleError,
+    PayloadTooLargeError,
+    RequestCancelledError,
+    RuntimeFailureError,
+    UnsupportedMediaTypeError,
+)
 from .disconnect import DisconnectWatch, watch_now
-from .responses import error_headers
+from .responses import error_headers, log_server_error
 
-__all__ = ["JSON_HEADERS", "FastPath", "FastRoutes", "Handler", "Reply", "json_answer_headers"]
+__all__ = [
+    "JSON_HEADERS",
+    "FastPath",
+    "FastRoutes",
+    "Handler",
+    "Reply",
+    "check_media_type",
+    "json_answer_headers",
+]
 
 logger = logging.getLogger("ladle.http")
 
@@ -75,33 +89,64 @@ async def _not_allowed(scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def check_media_type(content_type: str, headers: Mapping[str, str]) -> None:
+    """415 unless the body is JSON (``application/json``, ``*/*+json``) or, with the binary tensor
+    extension's ``Inference-Header-Content-Length``, ``application/octet-stream``. A request
+    without ``Content-Type`` is read as JSON (``tritonclient`` sends none)."""
+    media = content_type.partition(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return
+    if media == "application/octet-stream" and "inference-header-content-length" in headers:
+        return
+    raise UnsupportedMediaTypeError(
+        f"Content-Type {media!r} is not read here: send application/json (or application/octet-stream "
+        "with Inference-Header-Content-Length for binary tensors)",
+        content_type=media[:100],
+    )
+
+
+def _gone() -> RequestCancelledError:
+    return RequestCancelledError("the client went away before sending the whole body")
+
+
 class FastRoutes:
-    """POST routes with optional ``{model}`` and ``{version}`` segments."""
+    """POST routes with optional ``{model}`` and ``{version}`` segments, each of one protocol."""
 
     def __init__(self) -> None:
-        self._routes: list[tuple[re.Pattern[str], Handler]] = []
+        self._routes: list[tuple[re.Pattern[str], Handler, str]] = []
+        #: The paths added, as given (``/v2/models/{model}/infer``).
+        self.paths: list[str] = []
 
-    def add(self, path: str, handler: Handler) -> None:
+    def add(self, path: str, handler: Handler, protocol: str) -> None:
+        self.paths.append(path)
         pattern = re.escape(path).replace(r"\{model\}", r"(?P<model>[^/]+)")
         pattern = pattern.replace(r"\{version\}", r"(?P<version>[^/]+)")
-        self._routes.append((re.compile(pattern + "$"), handler))
+        self._routes.append((re.compile(pattern + "$"), handler, protocol))
 
-    def match(self, path: str) -> tuple[Handler, str | None, str | None] | None:
-        for pattern, handler in self._routes:
+    def match(self, path: str) -> tuple[Handler, str | None, str | None, str] | None:
+        for pattern, handler, protocol in self._routes:
             found = pattern.match(path)
             if found is not None:
                 groups = found.groupdict()
-                return handler, groups.get("model"), groups.get("version")
+                return handler, groups.get("model"), groups.get("version"), protocol
         return None
 
 
 class FastPath:
     """ASGI middleware: serves the fast routes itself and hands everything else to ``app``."""
 
-    def __init__(self, app: ASGIApp, routes: FastRoutes, max_body: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: FastRoutes,
+        max_body: int,
+        refused: Callable[[str, str, LadleError], None] | None = None,
+    ) -> None:
         self.app = app
         self.routes = routes
         self.max_body = max_body
+        #: Counts a refusal the admission pipeline did not see: (model, protocol, error).
+        self.refused = refused
         self.watch = DisconnectWatch()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,7 +157,7 @@ class FastPath:
             return await self.app(scope, receive, send)
         if scope["method"] != "POST":
             return await _not_allowed(scope, send)
-        handler, model, version = matched
+        handler, model, version, protocol = matched
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         cancel = CancelSignal()
         try:
@@ -124,6 +169,9 @@ class FastPath:
                     watch.start()
                 status, content, reply_headers = await handler(model, version, body, headers, cancel)
             except LadleError as exc:
+                if not exc.counted and self.refused is not None:
+                    self.refused(model or "", protocol, exc)  # refused before the admission pipeline
+                log_server_error(exc, f"{scope['method']} {scope['path']}")
                 status, content = exc.status, orjson.dumps(exc.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
                 reply_headers = {**JSON_HEADERS, **error_headers(exc)}
             except Exception as exc:  # a bug: answer 500 with JSON and log it, never drop the connection
@@ -131,8 +179,12 @@ class FastPath:
                 error = RuntimeFailureError(f"internal error: {type(exc).__name__}")
                 status, content, reply_headers = 500, orjson.dumps(error.to_dict()), JSON_HEADERS
             if isinstance(content, bytes):
-                raw = _encode(reply_headers)
-                raw.append((b"content-length", str(len(content)).encode()))
+                length = (b"content-length", str(len(content)).encode())
+                raw = (
+                    [*reply_headers, length]
+                    if type(reply_headers) is list
+                    else [*_encode(reply_headers), length]
+                )
                 await send({"type": "http.response.start", "status": status, "headers": raw})
                 await send({"type": "http.response.body", "body": content})
                 return None
@@ -142,7 +194,7 @@ class FastPath:
             finally:
                 watcher.cancel()
         finally:
-            cancel.finish()
+            cancel.finished = True  # the answer went out: a disconnect from now on changes nothing
         return None
 
     @staticmethod
@@ -165,12 +217,17 @@ class FastPath:
             await send({"type": "http.response.body", "body": b""})
 
     async def _body(self, headers: Mapping[str, str], receive: Receive) -> bytes:
+        content_type = headers.get("content-type")
+        if content_type is not None and content_type != "application/json":
+            check_media_type(content_type, headers)
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             raise PayloadTooLargeError(
                 f"request body of {length} bytes exceeds the limit of {self.max_body}", limit=self.max_body
             )
         message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: gone (or timed out) mid-body
+            raise _gone()
         body: bytes = message.get("body", b"")
         if not message.get("more_body", False):
             return body
@@ -178,6 +235,8 @@ class FastPath:
         size = len(body)
         while message.get("more_body", False):
             message = await receive()
+            if message["type"] != "http.request":
+                raise _gone()
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:

@@ -35,9 +35,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..admission import AnswerStream
+from ..admission import Admission, AnswerStream
 from ..envelope import CancelSignal, InferenceRequest
-from ..errors import InvalidRequestError, LadleError, ModelNotFoundError
+from ..errors import InvalidRequestError, LadleError, ModelNotFoundError, public_text
 from ..generation import GenerationChunk, GenerationPayload, GenerationResult, SamplingParams
 from ..request_context import ROUTING_KEY_HEADER, RequestContext
 from ..server import Server
@@ -45,7 +45,7 @@ from .fast_path import JSON_HEADERS, FastRoutes, Handler, Reply
 from .responses import error_headers, json_response
 from .v2_codec import parse_json
 
-__all__ = ["routes"]
+__all__ = ["openai_error_body", "openai_payload", "openai_response", "routes"]
 
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
 _ids = itertools.count(1)
@@ -64,11 +64,12 @@ def _sse(data: Any) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-def _openai_error_body(error: LadleError) -> dict[str, Any]:
+def openai_error_body(error: LadleError) -> dict[str, Any]:
+    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
     kind = "invalid_request_error" if error.status < 500 else "server_error"
     return {
         "error": {
-            "message": error.message,
+            "message": public_text(error.message),
             "type": kind,
             "param": error.details.get("param"),
             "code": error.code,
@@ -76,8 +77,8 @@ def _openai_error_body(error: LadleError) -> dict[str, Any]:
     }
 
 
-def _openai(handler: Handler) -> Handler:
-    """OpenAI's error body for every error of an OpenAI endpoint."""
+def _openai(handler: Handler, admission: Admission) -> Handler:
+    """OpenAI's error body for every error of an OpenAI endpoint (counted once, like every answer)."""
 
     async def wrapped(
         model: str | None, version: str | None, body: bytes, headers: Mapping[str, str], cancel: CancelSignal
@@ -85,7 +86,8 @@ def _openai(handler: Handler) -> Handler:
         try:
             return await handler(model, version, body, headers, cancel)
         except LadleError as exc:
-            return exc.status, orjson.dumps(_openai_error_body(exc)), {**JSON_HEADERS, **error_headers(exc)}
+            admission.refused("", "openai", exc)  # a no-op when the pipeline counted it already
+            return exc.status, orjson.dumps(openai_error_body(exc)), {**JSON_HEADERS, **error_headers(exc)}
 
     return wrapped
 
@@ -167,6 +169,28 @@ def _messages(value: Any) -> list[dict[str, Any]]:
             raise InvalidRequestError("every message needs string 'content'", param="messages")
         messages.append({**message, "content": content})
     return messages
+
+
+def openai_payload(endpoint: str, body: Mapping[str, Any]) -> GenerationPayload:
+    """The generation payload of an OpenAI ``/v1/completions`` or ``/v1/chat/completions`` body (the
+    online endpoints and the Batch API parse bodies here); 400 for what ladle does not serve."""
+    _reject_unsupported(body)
+    sampling = _openai_sampling(body)
+    if endpoint == "/v1/chat/completions":
+        return GenerationPayload(messages=tuple(_messages(body.get("messages"))), sampling=sampling)
+    return GenerationPayload(prompt=_prompt(body.get("prompt")), sampling=sampling)
+
+
+def openai_response(
+    request_id: str, kind: str, created: int, model: str, result: GenerationResult
+) -> dict[str, Any]:
+    """The whole (not streamed) OpenAI answer: ``kind`` ``"text_completion"`` or ``"chat.completion"``."""
+    if kind == "chat.completion":
+        message = {"role": "assistant", "content": result.text}
+        choice = {"index": 0, "message": message, "finish_reason": result.finish_reason}
+    else:
+        choice = {"text": result.text, "index": 0, "logprobs": None, "finish_reason": result.finish_reason}
+    return _openai_object(request_id, kind, created, model, [choice], result.usage.to_dict())
 
 
 def _openai_object(
@@ -291,7 +315,6 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
         request: InferenceRequest,
         streaming: bool,
         render: Callable[[Callable[..., dict[str, Any]]], Render],
-        whole: Callable[[GenerationResult], dict[str, Any]],
         kind: str,
     ) -> Reply:
         created = int(time.time())
@@ -306,23 +329,19 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
             )
             return (
                 200,
-                _events(stream, render(make), _openai_error_body),
+                _events(stream, render(make), openai_error_body),
                 {**_SSE_HEADERS, **stream.headers()},
             )
         answer = await admission.infer(request)
         assert answer.generation is not None
-        result = answer.generation
-        data = _openai_object(
-            request.id, kind, created, answer.model, [whole(result)], result.usage.to_dict()
-        )
+        data = openai_response(request.id, kind, created, answer.model, answer.generation)
         return 200, orjson.dumps(data), {**JSON_HEADERS, **answer.headers()}
 
     async def completions(
         _: str | None, __: str | None, raw: bytes, headers: Mapping[str, str], cancel: CancelSignal
     ) -> Reply:
         body = _object(raw)
-        _reject_unsupported(body)
-        payload = GenerationPayload(prompt=_prompt(body.get("prompt")), sampling=_openai_sampling(body))
+        payload = openai_payload("/v1/completions", body)
         streaming, include_usage = _stream_flags(body)
         request = openai_request(body, payload, headers, cancel, "cmpl")
 
@@ -340,18 +359,13 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
 
             return events
 
-        return await answer_openai(
-            request, streaming, render, lambda r: choice(r.text, r.finish_reason), "text_completion"
-        )
+        return await answer_openai(request, streaming, render, "text_completion")
 
     async def chat_completions(
         _: str | None, __: str | None, raw: bytes, headers: Mapping[str, str], cancel: CancelSignal
     ) -> Reply:
         body = _object(raw)
-        _reject_unsupported(body)
-        payload = GenerationPayload(
-            messages=tuple(_messages(body.get("messages"))), sampling=_openai_sampling(body)
-        )
+        payload = openai_payload("/v1/chat/completions", body)
         streaming, include_usage = _stream_flags(body)
         request = openai_request(body, payload, headers, cancel, "chatcmpl")
 
@@ -376,11 +390,7 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
 
             return events
 
-        def whole(result: GenerationResult) -> dict[str, Any]:
-            message = {"role": "assistant", "content": result.text}
-            return {"index": 0, "message": message, "finish_reason": result.finish_reason}
-
-        return await answer_openai(request, streaming, render, whole, "chat.completion")
+        return await answer_openai(request, streaming, render, "chat.completion")
 
     async def models(request: Request) -> Response:
         data = [
@@ -390,7 +400,7 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
         ]
         return json_response({"object": "list", "data": data})
 
-    fast_routes.add("/api/v1/models/{model}/generate", generate)
-    fast_routes.add("/v1/completions", _openai(completions))
-    fast_routes.add("/v1/chat/completions", _openai(chat_completions))
+    fast_routes.add("/api/v1/models/{model}/generate", generate, "ladle")
+    fast_routes.add("/v1/completions", _openai(completions, admission), "openai")
+    fast_routes.add("/v1/chat/completions", _openai(chat_completions, admission), "openai")
     return [Route("/v1/models", models, methods=["GET"])]

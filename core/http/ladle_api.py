@@ -27,9 +27,9 @@ from ..errors import InvalidRequestError
 from ..request_context import RequestContext
 from ..server import Server
 from ..serving import ModelEndpoint
-from ..tensors import Signature, numpy_dtype
+from ..tensors import Signature, datatype_of, numpy_dtype
 from .fast_path import FastRoutes, Reply, json_answer_headers
-from .v2_codec import parse_json
+from .v2_codec import check_json_scalars, parse_json
 
 __all__ = ["records_to_arrays", "routes"]
 
@@ -37,7 +37,10 @@ _PARAMS = {"version", "timeout_ms", "priority", "routing_key"}
 
 
 def records_to_arrays(records: list[Any], signature: Signature | None) -> Arrays:
-    """Stack records (one dict per row) into named arrays typed by the signature (FP32 without one)."""
+    """Stack records (one dict per row) into named arrays typed by the signature (FP32 without one).
+
+    As strict as V2 tensors (no ``null``, no booleans in numeric inputs, no overflow) but for text
+    that reads as a number: records also come from CSV files."""
     if not records:
         raise InvalidRequestError("'inputs' must be a non-empty list of records")
     first = records[0]
@@ -51,7 +54,9 @@ def records_to_arrays(records: list[Any], signature: Signature | None) -> Arrays
         expected = {s.name for s in specs}
         if expected and set(keys) != expected:
             raise InvalidRequestError(
-                "record keys do not match the model's inputs", expected=sorted(expected), got=sorted(keys)
+                f"record keys {sorted(keys)} do not match the model's inputs: expected {sorted(expected)}",
+                expected=sorted(expected),
+                got=sorted(keys),
             )
         names = {k: k for k in keys}
     dtypes = {s.name: numpy_dtype(s.datatype) for s in specs}
@@ -67,8 +72,10 @@ def records_to_arrays(records: list[Any], signature: Signature | None) -> Arrays
                 array = np.empty(len(column), dtype=object)
                 array[:] = [v.encode() if isinstance(v, str) else v for v in column]
             else:
-                array = np.asarray(column, dtype=dtype)
-        except (ValueError, TypeError) as exc:
+                with np.errstate(over="raise"):
+                    array = np.asarray(column, dtype=dtype)
+                check_json_scalars(column, array.ndim, datatype_of(array), key, strings=True)
+        except (ValueError, TypeError, FloatingPointError, OverflowError) as exc:
             raise InvalidRequestError(
                 f"input {key!r}: values are not {dtype} rows of one shape: {exc}", input=key
             ) from None
@@ -105,7 +112,10 @@ def routes(server: Server, fast_routes: FastRoutes) -> None:
             raise InvalidRequestError("request body must be a JSON object")
         unknown = set(body) - {"inputs", "params", "id"}
         if unknown:
-            raise InvalidRequestError(f"unknown fields {sorted(unknown)}", allowed=["id", "inputs", "params"])
+            raise InvalidRequestError(
+                f"unknown fields {sorted(unknown)}; allowed: id, inputs, params",
+                allowed=["id", "inputs", "params"],
+            )
         params = body.get("params") or {}
         if not isinstance(params, Mapping) or set(params) - _PARAMS:
             raise InvalidRequestError(
@@ -141,4 +151,4 @@ def routes(server: Server, fast_routes: FastRoutes) -> None:
         }
         return 200, orjson.dumps(payload), json_answer_headers(answer)
 
-    fast_routes.add("/api/v1/models/{model}/predict", predict)
+    fast_routes.add("/api/v1/models/{model}/predict", predict, "ladle")

@@ -10,11 +10,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..envelope import CancelSignal, InferenceRequest
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, public_text
 from ..request_context import RequestContext
 from ..server import Server
 from ..serving import ModelEndpoint, VersionEndpoint
 from .fast_path import FastRoutes, Reply, json_answer_headers
+from .limits import Drain
 from .responses import JSON, json_response
 from .v2_codec import HEADER_LENGTH, decode_request, encode_response
 
@@ -35,19 +36,30 @@ def _metadata(endpoint: ModelEndpoint, version: VersionEndpoint | None) -> dict[
     }
 
 
-def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
+def routes(server: Server, fast_routes: FastRoutes, drain: Drain | None = None) -> list[BaseRoute]:
+    """The V2 routes; readiness answers 503 while ``drain`` is active (the server is stopping)."""
     manager = server.manager
+    drain = drain if drain is not None else Drain()
+    max_values = server.config.server.max_json_elements
     served = manager.models
     admission = manager.admission
     trace_context = server.trace_context
 
     async def live(request: Request) -> Response:
+        # 503 only once the server cannot recover by itself: some model's versions have all spent
+        # their restart budget with no ready instance (see ladle.supervisor); replacing is not that
+        lost = server.scaling.unrecoverable()
+        if lost:
+            return json_response({"live": False, "unrecoverable": lost}, 503)
         return Response(b'{"live":true}', 200, media_type=JSON)
 
     async def ready(request: Request) -> Response:
+        if drain.active:
+            return json_response({"ready": False, "draining": True}, 503)
         if manager.ready:
             return Response(_READY, 200, media_type=JSON)
-        return json_response({"ready": False, "loading": manager.loading, "failures": manager.failures}, 503)
+        failures = {name: public_text(message) for name, message in manager.failures.items()}
+        return json_response({"ready": False, "loading": manager.loading, "failures": failures}, 503)
 
     async def model_metadata(request: Request) -> Response:
         endpoint = manager.endpoint(request.path_params["model"])
@@ -64,10 +76,11 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
     async def model_config(request: Request) -> Response:
         endpoint = manager.endpoint(request.path_params["model"])
         config = endpoint.config
+        latest = endpoint.latest()
         return json_response(
             {
                 "name": endpoint.name,
-                "platform": config.runtime or "",
+                "platform": latest.spec.plugin if latest is not None else config.runtime or "",
                 "batcher": {"name": config.batcher.name, **config.batcher.options},
                 "instances": config.instances,
                 "executor": config.executor,
@@ -89,7 +102,7 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
                     f"Inference-Header-Content-Length must be an integer, got {length!r}"
                 )
             header_length = int(length)
-        decoded = decode_request(body, header_length)
+        decoded = decode_request(body, header_length, max_values)
         context = RequestContext.parse(headers, decoded.parameters, trace_context)
         request = InferenceRequest(
             model,
@@ -118,8 +131,8 @@ def routes(server: Server, fast_routes: FastRoutes) -> list[BaseRoute]:
         }
         return 200, content, {**binary, **answer.headers()}
 
-    fast_routes.add("/v2/models/{model}/infer", infer)
-    fast_routes.add("/v2/models/{model}/versions/{version}/infer", infer)
+    fast_routes.add("/v2/models/{model}/infer", infer, "v2")
+    fast_routes.add("/v2/models/{model}/versions/{version}/infer", infer, "v2")
 
     return [
         Route("/v2/health/live", live, methods=["GET"]),

@@ -7,6 +7,7 @@ elements are each a 4-byte little-endian length followed by the bytes.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -15,12 +16,34 @@ import numpy as np
 import orjson
 
 from ..envelope import Arrays
-from ..errors import InvalidRequestError, SignatureMismatchError
+from ..errors import InvalidRequestError, PayloadTooLargeError, SignatureMismatchError
 from ..tensors import DATATYPES, datatype_of
 
-__all__ = ["V2Request", "decode_request", "encode_response", "parse_json"]
+__all__ = [
+    "MAX_JSON_VALUES",
+    "V2Request",
+    "check_json_scalars",
+    "decode_request",
+    "encode_response",
+    "parse_json",
+]
 
 HEADER_LENGTH = "inference-header-content-length"
+#: The default of ``[server] max_json_elements``: values one JSON body may hold.
+MAX_JSON_VALUES = 8 * 1024 * 1024
+_MAX_DIMENSIONS = 32
+_NUMBERS = frozenset({int, float})
+_BOOLEAN = frozenset({bool})
+_TEXT = frozenset({str})
+_JSON_NAMES = {
+    type(None): "null",
+    bool: "booleans",
+    int: "numbers",
+    float: "numbers",
+    str: "strings",
+    dict: "objects",
+    list: "lists",
+}
 
 
 class V2Request:
@@ -45,7 +68,15 @@ class V2Request:
         self.rows = rows
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes, max_values: int = MAX_JSON_VALUES) -> Any:
+    """The JSON value of ``body``; 400 if it is not JSON, 413 (before parsing) if it could hold
+    more than ``max_values`` values (a JSON text of n values has at least n - 1 commas)."""
+    if len(body) > max_values and body.count(b",") >= max_values:
+        raise PayloadTooLargeError(
+            f"the JSON body holds more than {max_values} values ([server] max_json_elements); "
+            "send large tensors with the binary tensor extension",
+            limit=max_values,
+        )
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -76,7 +107,31 @@ def _to_bytes(value: Any) -> bytes:
     raise TypeError("not a string")
 
 
-def _tensor(spec: Mapping[str, Any], raw: memoryview | None) -> np.ndarray[Any, Any]:
+def check_json_scalars(data: Any, depth: int, datatype: str, name: str, *, strings: bool = False) -> None:
+    """400 unless every element of ``data`` (nested ``depth`` lists deep) is a JSON number, or a
+    JSON boolean for ``BOOL``: numpy would read ``null`` as NaN and ``true`` as 1. ``strings``: text
+    is accepted too (numpy parsed it as a number already; a CSV cell is text)."""
+    flat = data if depth else [data]
+    for _ in range(depth - 1):
+        flat = list(itertools.chain.from_iterable(flat))
+    found = set(map(type, flat))
+    allowed = _BOOLEAN if datatype == "BOOL" else _NUMBERS
+    if strings:
+        allowed |= _TEXT
+    if not found <= allowed:
+        names = sorted({_JSON_NAMES.get(t, t.__name__) for t in found - allowed})
+        expected = "true or false" if datatype == "BOOL" else "numbers"
+        raise InvalidRequestError(
+            f"input {name!r}: {datatype} data holds {' and '.join(names)}; only {expected} are accepted",
+            input=name,
+        )
+
+
+def _tensor(
+    spec: Mapping[str, Any], raw: memoryview | None, suspect: bool = True, max_values: int = MAX_JSON_VALUES
+) -> np.ndarray[Any, Any]:
+    """One input as an array. ``suspect``: the body may hold ``null`` or booleans (checked then);
+    ``max_values``: the most elements JSON ``data`` may still hold in this request."""
     name = spec.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidRequestError("every input needs a string 'name'")
@@ -84,16 +139,29 @@ def _tensor(spec: Mapping[str, Any], raw: memoryview | None) -> np.ndarray[Any, 
     dtype = DATATYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise InvalidRequestError(
-            f"input {name!r}: unknown datatype {datatype!r}", input=name, expected=sorted(DATATYPES)
+            f"input {name!r}: unknown datatype {datatype!r}; known: {', '.join(DATATYPES)}",
+            input=name,
+            expected=sorted(DATATYPES),
         )
     shape = spec.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidRequestError(
-            f"input {name!r}: 'shape' must be a list of non-negative integers", input=name
+            f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r:.80}", input=name
+        )
+    if len(shape) > _MAX_DIMENSIONS:
+        raise InvalidRequestError(
+            f"input {name!r}: 'shape' has {len(shape)} dimensions, more than {_MAX_DIMENSIONS}", input=name
         )
     count = 1
     for d in shape:
         count *= d
+    if raw is None and count > max_values:
+        raise PayloadTooLargeError(
+            f"input {name!r}: shape {shape} has {count} elements; a JSON body may hold "
+            f"{max_values} more ([server] max_json_elements); send large tensors as binary data",
+            input=name,
+            limit=max_values,
+        )
     try:
         if raw is not None:
             if datatype == "BYTES":
@@ -111,6 +179,8 @@ def _tensor(spec: Mapping[str, Any], raw: memoryview | None) -> np.ndarray[Any, 
                 array[:] = [_to_bytes(v) for v in flat]
             else:
                 array = np.asarray(data, dtype=dtype)
+                if suspect or datatype == "BOOL":
+                    check_json_scalars(data, array.ndim, str(datatype), name)
         if array.size != count:
             raise InvalidRequestError(
                 f"input {name!r}: shape {shape} needs {count} elements, got {array.size}", input=name
@@ -122,18 +192,25 @@ def _tensor(spec: Mapping[str, Any], raw: memoryview | None) -> np.ndarray[Any, 
         ) from None
 
 
-def decode_request(body: bytes, header_length: int | None) -> V2Request:
-    """Decode a V2 request body (JSON, or JSON header + binary tensors) into named arrays."""
+def decode_request(body: bytes, header_length: int | None, max_values: int = MAX_JSON_VALUES) -> V2Request:
+    """Decode a V2 request body (JSON, or JSON header + binary tensors) into named arrays.
+
+    Strict: ``null``, booleans or strings in numeric data, bytes after the declared binary data and
+    JSON data of more than ``max_values`` elements (checked before anything is converted) are refused.
+    """
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise InvalidRequestError(
                 f"Inference-Header-Content-Length {header_length} exceeds the body size {len(body)}"
             )
-        header = parse_json(body[:header_length])
+        text = body[:header_length]
         binary = memoryview(body)[header_length:]
     else:
-        header = parse_json(body)
+        text = body
         binary = None
+    header = parse_json(text, max_values)
+    # numpy reads null as NaN and true as 1: look closer only when the text holds such a literal
+    suspect = b"null" in text or b"true" in text or b"false" in text
     if not isinstance(header, dict):
         raise InvalidRequestError("request body must be a JSON object")
     specs = header.get("inputs")
@@ -153,14 +230,21 @@ def decode_request(body: bytes, header_length: int | None) -> V2Request:
                     f"input {spec.get('name')!r} has binary_data_size but the request has no "
                     "Inference-Header-Content-Length header"
                 )
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise InvalidRequestError(f"input {spec.get('name')!r}: binary_data_size out of range")
             raw = binary[offset : offset + size]
             offset += size
-        array = _tensor(spec, raw)
+        array = _tensor(spec, raw, suspect, max_values)
+        if raw is None:
+            max_values -= array.size
         if spec["name"] in inputs:
             raise InvalidRequestError(f"input {spec['name']!r} is given twice", input=spec["name"])
         inputs[spec["name"]] = array
+    if binary is not None and offset != len(binary):
+        raise InvalidRequestError(
+            f"{len(binary) - offset} bytes follow the binary tensor data the inputs declare "
+            f"({offset} bytes); each binary input needs parameters.binary_data_size",
+        )
     rows = _rows(inputs)
     parameters = header.get("parameters") or {}
     if not isinstance(parameters, dict):
@@ -234,7 +318,9 @@ def encode_response(
         array = outputs.get(name)
         if array is None:
             raise InvalidRequestError(
-                f"requested output {name!r} does not exist", output=name, available=sorted(outputs)
+                f"requested output {name!r} does not exist; the model returns {sorted(outputs)}",
+                output=name,
+                available=sorted(outputs),
             )
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if binary is True or (isinstance(binary, set) and name in binary):

@@ -19,12 +19,9 @@ instance (``instances`` x ``threads``). Both are estimates; ``RenderOptions`` ca
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
-
-from pydantic import BaseModel
 
 from ..config import ModelConfig, ServerConfig
 from ..errors import ConfigError
@@ -62,17 +59,6 @@ _MEMORY_STEP = 256 * MiB
 _BASE_STARTUP = 300  # seconds before the first model is ready, on top of 2 minutes per GiB of weights
 _STARTUP_PER_GIB = 120
 _KILL_MARGIN = 5  # seconds between the end of the longest drain and SIGKILL
-
-
-def _setting(section: BaseModel, key: str, default: Any) -> Any:
-    """``section.key`` where this ladle's config model has that key, else ``default``.
-
-    Keys that other parts of ladle add (``[server] grpc_port``, ``drain_grace``, a model's
-    ``scaling`` table) are read through the validated model's dump, so rendering works before and
-    after they exist.
-    """
-    value = section.model_dump().get(key, default)
-    return default if value is None else value
 
 
 @dataclass(frozen=True)
@@ -188,12 +174,7 @@ def _model_needs(plan: ModelPlan) -> ModelNeeds:
     on_gpu = config.device.startswith("cuda")
     resources = config.resources
     share = resources.gpu_share if on_gpu else None
-    scaling = _setting(config, "scaling", {})
-    target = (
-        scaling.get("target_ongoing_requests", DEFAULT_TARGET_ONGOING_REQUESTS)
-        if isinstance(scaling, Mapping)
-        else DEFAULT_TARGET_ONGOING_REQUESTS
-    )
+    target = config.scaling.options.get("target_ongoing_requests", DEFAULT_TARGET_ONGOING_REQUESTS)
     return ModelNeeds(
         name=plan.name,
         versions=plan.versions,
@@ -259,7 +240,7 @@ def plan_service(config: ServerConfig, host: PluginHost | None = None) -> Servic
     telemetry = parse_telemetry_config(config.telemetry, config.source or "ladle.toml")
     section = config.server
     http_port = section.port or DEFAULT_HTTP_PORT
-    grpc_port = _setting(section, "grpc_port", DEFAULT_GRPC_PORT) or None
+    grpc_port = (DEFAULT_GRPC_PORT if section.grpc_port is None else section.grpc_port) or None
     notes: list[str] = []
     models = tuple(_model_needs(plan) for plan in plans)
     requirements = set()
@@ -268,13 +249,15 @@ def plan_service(config: ServerConfig, host: PluginHost | None = None) -> Servic
             registration = host.get("runtime", runtime)
             if registration.extra:
                 requirements.add(f"{registration.distribution or 'ladle'}[{registration.extra}]")
+    if grpc_port is not None:
+        requirements.add("ladle[grpc]")  # the pod serves the gRPC port the Service exposes
     return ServicePlan(
         source=config.source or str(config.repository_path),
         models=models,
         http_port=http_port,
         grpc_port=int(grpc_port) if grpc_port else None,
         drain_timeout=float(section.drain_timeout),
-        drain_grace=float(_setting(section, "drain_grace", DEFAULT_DRAIN_GRACE)),
+        drain_grace=float(section.drain_grace),
         metrics=telemetry.enabled and telemetry.metrics,
         needs_token=section.api_token is not None or section.data_plane_token,
         pod_config=_pod_config(config, http_port, notes),

@@ -32,13 +32,55 @@ GENERATION_GAUGES: dict[str, tuple[str, str, Callable[[Mapping[str, float]], flo
         "tokens generated since start",
         lambda s: s["generated_tokens"],
     ),
+    "ladle.generation.prefix_cache.hit_ratio": (
+        "1",
+        "share of prompt tokens found in the prefix cache instead of computed",
+        lambda s: (
+            s["cached_prompt_tokens"] / (s["cached_prompt_tokens"] + s["prefill_tokens"])
+            if s["cached_prompt_tokens"] + s["prefill_tokens"]
+            else 0.0
+        ),
+    ),
+    "ladle.generation.prefix_routing.hit_ratio": (
+        "1",
+        "share of generations sent to the instance that held a prefix of their prompt",
+        lambda s: s["prefix_routed"] / s["routed"] if s["routed"] else 0.0,
+    ),
     "ladle.generation.preemptions": (
         "{preemption}",
         "sequences preempted since start",
         lambda s: s["preemptions"],
     ),
+    "ladle.generation.speculative.proposed": (
+        "{token}",
+        "draft tokens proposed since start (speculative decoding)",
+        lambda s: s["draft_proposed"],
+    ),
+    "ladle.generation.speculative.accepted": (
+        "{token}",
+        "draft tokens the target accepted since start",
+        lambda s: s["draft_accepted"],
+    ),
+    "ladle.generation.speculative.acceptance_rate": (
+        "1",
+        "share of proposed draft tokens the target accepted",
+        lambda s: s["draft_accepted"] / s["draft_proposed"] if s["draft_proposed"] else 0.0,
+    ),
 }
-_FIELDS = ("free_blocks", "num_blocks", "running", "waiting", "generated_tokens", "preemptions")
+_FIELDS = (
+    "free_blocks",
+    "num_blocks",
+    "running",
+    "waiting",
+    "generated_tokens",
+    "preemptions",
+    "cached_prompt_tokens",
+    "prefill_tokens",
+    "routed",
+    "prefix_routed",
+    "draft_proposed",
+    "draft_accepted",
+)
 
 
 def register_generation_gauges(stats: StatsRegistry, model: str, version: str, batcher: Any) -> bool:

@@ -341,6 +341,13 @@ class _VersionQuality:
         return scores
 
 
+def _bounds(values: np.ndarray[Any, Any]) -> str:
+    """A bound for a message: one number, or the first few of a per-column bound."""
+    flat = np.asarray(values).ravel()
+    text = ", ".join(f"{v:g}" for v in flat[:4])
+    return text if flat.size <= 1 else f"[{text}{', ...' if flat.size > 4 else ''}]"
+
+
 def _join(arrays: Sequence[Arrays]) -> Arrays:
     """The requests' tensors concatenated by name (tensors that do not concatenate are left out)."""
     if len(arrays) == 1:
@@ -444,10 +451,15 @@ class InputChecks:
                 }
                 for name, count in out_of_range.items()
             }
+            named = "; ".join(
+                f"{name}: {count} value(s) outside [{_bounds(self.ranges[name][0])}, "
+                f"{_bounds(self.ranges[name][1])}]"
+                for name, count in out_of_range.items()
+            )
             raise InvalidInputError(
-                "input values outside the accepted ranges"
+                f"input values outside the accepted ranges ({named})"
                 if out_of_range
-                else "inputs do not fit the signature",
+                else f"inputs {mismatched} do not fit the signature",
                 inputs=details,
                 schema_mismatch=mismatched,
             )

@@ -409,7 +409,10 @@ class VersionStats:
         if ok:
             self.succeeded.add_at(index, ok)
             if count == 1:
-                self.ok(requests[0].protocol).add_at(index, 1)
+                series = self._ok.get(requests[0].protocol)
+                if series is None:
+                    series = self.ok(requests[0].protocol)
+                series.add_at(index, 1)
             else:
                 for request, code in zip(requests, errors, strict=True):
                     if code is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..batching import Batcher
-from ..config import ServerConfig
+from ..config import LatencySlo, ServerConfig
 from ..envelope import InferenceRequest
 from ..errors import ConfigError, MissingDependencyError
 from ..tensors import Signature
@@ -19,8 +19,19 @@ from .inference_log import InferenceLog
 from .observer import VersionObserver
 from .quality import InputChecks, QualityMonitor, TensorReference, load_reference
 from .resources import ResourceMonitor
+from .scaling import scaling_snapshot
 from .series import DEFAULT_LATENCY_BOUNDS, WindowedCounter
-from .stats import ATTR_PROTOCOL, ATTR_STATUS, StatsDelta, StatsRegistry, finite_or_none, version_attributes
+from .slo import slo_report
+from .stats import (
+    ATTR_MODEL,
+    ATTR_PROTOCOL,
+    ATTR_STATUS,
+    ATTR_VERSION,
+    StatsDelta,
+    StatsRegistry,
+    finite_or_none,
+    version_attributes,
+)
 from .tracing import SpanEmitter, TraceSampler
 
 if TYPE_CHECKING:
@@ -71,6 +82,7 @@ class Telemetry:
             self.logs = self._logs()
         self._checks: dict[tuple[str, str], InputChecks] = {}
         self.responses = self.stats.responses
+        self._slos: dict[tuple[str, str], LatencySlo] = {}
         self._answered: dict[tuple[str, str, str, int], WindowedCounter] = {}
 
     @classmethod
@@ -215,6 +227,17 @@ class Telemetry:
                 counts[status] = counts.get(status, 0) + int(series.window(seconds, now))
         return {k: n for k, n in sorted(counts.items()) if n}
 
+    def unrouted(self, seconds: float) -> dict[str, dict[str, int]]:
+        """Answers refused before any version was reached, by model (``""``: a model not served) and
+        status, over the last ``seconds``."""
+        models = {
+            dict(key).get(ATTR_MODEL, "")
+            for key in list(self.responses.series)
+            if dict(key).get(ATTR_VERSION) == ""
+        }
+        found = {model: self.responses_by_status(model, "", seconds) for model in sorted(models)}
+        return {model: counts for model, counts in found.items() if counts}
+
     def version_ready(
         self,
         model: str,
@@ -222,9 +245,13 @@ class Telemetry:
         *,
         batcher: Batcher | None = None,
         signature: Mapping[str, Any] | Signature | None = None,
+        slo: LatencySlo | None = None,
     ) -> None:
-        """Gauges read from the batcher (queue depth, batches in flight, ready instances) and input
-        checks from the signature (its dict form may carry ``min``/``max`` per input)."""
+        """Gauges read from the batcher (queue depth, batches in flight, ready instances), input
+        checks from the signature (its dict form may carry ``min``/``max`` per input), and the
+        latency objectives ``/api/v1/stats`` reports against."""
+        if slo is not None:
+            self._slos[(model, version)] = slo
         if batcher is not None:
             replicas = batcher.replicas
             self.stats.register_gauges(
@@ -242,6 +269,7 @@ class Telemetry:
     def version_removed(self, model: str, version: str) -> None:
         """Forget a version: its series leave the exports."""
         self.stats.remove(model, version)
+        self._slos.pop((model, version), None)
         for key in [k for k in self._answered if k[0] == model and k[1] == version]:
             del self._answered[key]
         self._checks.pop((model, version), None)
@@ -277,6 +305,14 @@ class Telemetry:
         for window in self.stats.windows(seconds):
             entry = {k: finite_or_none(v) if isinstance(v, float) else v for k, v in window.to_dict().items()}
             entry["responses_by_status"] = self.responses_by_status(window.model, window.version, seconds)
+            entry["slo"] = slo_report(
+                self.stats,
+                window.model,
+                window.version,
+                self._slos.get((window.model, window.version)),
+                seconds,
+            )
+            entry.update(scaling_snapshot(self.stats, window.model, window.version, seconds))
             if self.quality is not None:
                 drift = {
                     k: v
@@ -294,6 +330,7 @@ class Telemetry:
             "uptime": time.time() - self.started,
             "window": seconds,
             "versions": versions,
+            "unrouted": self.unrouted(seconds),
             "resources": self.resources.snapshot() if self.resources is not None else None,
             "logs": {
                 "written": self.logs.written,

@@ -20,6 +20,10 @@ class RunningServer:
         self.url = url
         self.uvicorn = uvicorn_server
 
+    def begin_drain(self) -> None:
+        """What SIGTERM does to ``ladle serve``: readiness off, ``drain_grace`` s of answers, then stop."""
+        self.uvicorn.begin_drain()
+
 
 @contextlib.contextmanager
 def run_server(
@@ -27,16 +31,15 @@ def run_server(
 ) -> Iterator[RunningServer]:
     """Serve ``server`` on 127.0.0.1 in a background thread; waits until ``/v2/health/ready`` is true."""
     import httpx
-    import uvicorn
 
     from ..http.app import create_app
+    from ..http.limits import Drain, http_server
 
     # Port 0 and a socket uvicorn binds itself: a pre-bound socket handed to uvicorn loses
     # TCP_NODELAY on accepted connections and every response then waits ~40 ms for a delayed ACK.
-    config = uvicorn.Config(
-        create_app(server), host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on"
-    )
-    userver = uvicorn.Server(config)
+    drain = Drain()
+    app = create_app(server, drain)
+    userver = http_server(app, server.config.server, drain, host="127.0.0.1", port=0, lifespan="on")
     thread = threading.Thread(target=lambda: asyncio.run(userver.serve()), daemon=True)
     thread.start()
     deadline = time.monotonic() + ready_timeout

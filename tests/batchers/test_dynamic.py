@@ -118,6 +118,7 @@ async def test_a_padding_runtime_shares_batches_across_shapes_with_zero_padding(
         assert call.ids == [short.id, long.id]
         np.testing.assert_array_equal(call.inputs["x"], [[1, 1, 0, 0], [5, 5, 5, 5]])
         np.testing.assert_array_equal(results[2]["y"], [[10, 10, 10, 10]])
+        np.testing.assert_array_equal(results[1]["y"], [[2, 2]])  # cut back to the request's own width
 
 
 @run_async

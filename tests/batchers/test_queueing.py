@@ -14,7 +14,6 @@ from ladle import (
     Batcher,
     DeadlineExceededError,
     InferenceRequest,
-    InstanceFailedError,
     InstanceState,
     InvalidInputError,
     ModelNotReadyError,
@@ -152,25 +151,42 @@ async def test_a_failing_item_fails_alone(kind: type[Batcher]) -> None:
 
 @BATCHERS
 @run_async
-async def test_an_instance_failure_fails_its_batch_and_the_others_keep_serving(kind: type[Batcher]) -> None:
+async def test_a_batch_whose_instance_dies_runs_once_more_on_a_healthy_one(kind: type[Batcher]) -> None:
     async with rig(kind, executors=[CrashingExecutor, ThreadExecutor]) as r:
         crashing, healthy = r.replicas.instances
         r.probe.close()
-        doomed = request(parameters={"crash": True})
+        doomed = request(1.0, parameters={"crash": True})
         f_doomed = r.batcher.submit(doomed)  # the first idle instance: the crashing one
         f_busy = r.batcher.submit(request(2.0))  # the healthy one
         queued = [request(3.0), request(4.0)]
         f_queued = [r.batcher.submit(q) for q in queued]
         assert r.batcher.queue_depth == 2
         r.probe.open()
-        error = await outcome(f_doomed)
-        assert isinstance(error, InstanceFailedError) and error.status == 500
+        retried = await outcome(f_doomed)  # the crashing executor only dies; the healthy one answers
+        assert isinstance(retried, dict), retried
+        np.testing.assert_array_equal(retried["y"], doomed.inputs["x"] * 2)
         assert crashing.state is InstanceState.FAILED
         await asyncio.gather(f_busy, *f_queued)
         later = await r.batcher.submit(request(5.0))
         np.testing.assert_array_equal(later["y"], np.full((1, 3), 10.0))
         assert healthy.ready and {c.runtime for c in r.probe.calls} == {r.probe.calls[0].runtime}
-        assert r.observer.batches[0] == ([doomed.id], ["instance_failed"])
+        assert all(errors == [None] * len(errors) for _, errors in r.observer.batches)
+        assert doomed.id in [i for ids, _ in r.observer.batches for i in ids]
+
+
+@BATCHERS
+@run_async
+async def test_without_retries_a_lost_batch_fails_at_once_with_503(kind: type[Batcher]) -> None:
+    async with rig(kind, {"retry_failed": False}, executors=[CrashingExecutor, ThreadExecutor]) as r:
+        r.probe.close()
+        f_doomed = r.batcher.submit(request(parameters={"crash": True}))
+        f_busy = r.batcher.submit(request(2.0))
+        r.probe.open()
+        error = await outcome(f_doomed)
+        assert isinstance(error, ModelNotReadyError) and error.status == 503 and error.retry_after == 1.0
+        assert "being replaced" in error.message
+        assert isinstance(await f_busy, dict)
+        assert r.observer.batches[0][1] == ["model_not_ready"]
 
 
 @BATCHERS
@@ -181,9 +197,10 @@ async def test_when_the_last_instance_dies_queued_and_new_requests_get_503(kind:
         f_doomed = r.batcher.submit(request(parameters={"crash": True}))
         f_queued = r.batcher.submit(request(2.0))
         r.probe.open()
-        assert isinstance(await outcome(f_doomed), InstanceFailedError)
+        lost = await outcome(f_doomed)  # no healthy instance to retry on: 503 at once
+        assert isinstance(lost, ModelNotReadyError) and lost.retry_after is not None
         error = await outcome(f_queued)
-        assert isinstance(error, ModelNotReadyError) and error.status == 503
+        assert isinstance(error, ModelNotReadyError) and error.status == 503 and error.retry_after
         with pytest.raises(ModelNotReadyError):
             r.batcher.submit(request(3.0))
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec
 
+import numpy as np
 import torch
 
 from ladle.generation import GenerationChunk, SamplingParams
@@ -19,6 +22,45 @@ from ladle.runtime import RuntimeSpec
 #: Tokens whose reference top-2 logit margin is below this may legitimately differ (float rounding).
 MARGIN = 1e-6
 P = ParamSpec("P")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+
+
+def write_draft(
+    target: Path, directory: Path, *, noise: float, layers: int | None = None, seed: int = 0
+) -> Path:
+    """A draft checkpoint for ``target``: its tokenizer, its weights plus Gaussian noise (``noise``
+    times each tensor's spread) and only its first ``layers`` layers, so it proposes the target's
+    tokens often but not always."""
+    from safetensors.numpy import load_file, save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(target / name, directory / name)
+    config = json.loads((target / "config.json").read_text())
+    key = "n_layer" if config["model_type"] == "gpt2" else "num_hidden_layers"
+    kept = layers if layers is not None else config[key]
+    config[key] = kept
+    (directory / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name, value in load_file(str(target / "model.safetensors")).items():
+        parts = name.split(".")
+        layer = next(
+            (int(parts[i + 1]) for i, part in enumerate(parts[:-1]) if part in ("layers", "h")), None
+        )
+        if layer is not None and layer >= kept:
+            continue
+        weights[name] = (value + rng.normal(0.0, noise, value.shape) * value.std()).astype(value.dtype)
+    save_file(weights, str(directory / "model.safetensors"))
+    return directory
+
+
+def draft_option(directory: Path, num_tokens: int = 4, **options: Any) -> dict[str, Any]:
+    """The ``speculative`` runtime option the core resolves from a model's ``speculative`` table."""
+    options.setdefault("dtype", "float64")
+    return {"draft": directory.name, "artifact": str(directory), "num_tokens": num_tokens, "options": options}
 
 
 def load_runtime(directory: Path, *, device: str = "cpu", **options: Any) -> CausalLMRuntime:
@@ -77,12 +119,12 @@ def logits(runtime: CausalLMRuntime, prompt: Sequence[int], generated: Sequence[
     saved_k, saved_v = model.k_cache, model.v_cache
     model.allocate_cache(-(-n // model.block_size), model.block_size)
     try:
-        rows = torch.arange(len(prompt) - 1, n)
+        device = model.device
         inputs = StepInputs(
-            torch.tensor(tokens),
-            torch.arange(n),
-            torch.arange(n),
-            rows,
+            torch.tensor(tokens, device=device),
+            torch.arange(n, device=device),
+            torch.arange(n, device=device),
+            torch.arange(len(prompt) - 1, n, device=device),
             prefills=[Prefill(0, n, 0, None, None)],
         )
         with torch.inference_mode():

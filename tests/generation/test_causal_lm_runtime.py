@@ -15,7 +15,7 @@ from ladle import PluginHost
 from ladle.errors import ConfigError, InvalidRequestError
 from ladle.generation import SamplingParams, StepItem, StepRuntime
 from ladle.plugins.runtimes.causal_lm import detect
-from ladle.plugins.runtimes.causal_lm import runtime as causal_lm_runtime
+from ladle.plugins.runtimes.causal_lm import inputs as causal_lm_inputs
 from ladle.plugins.runtimes.causal_lm.grouping import length_groups
 from ladle.testing.lm import gpt2_config, llama_config, write_checkpoint
 
@@ -113,7 +113,7 @@ def test_one_step_over_many_context_lengths_equals_each_sequence_alone(
     checkpoint: str, group_cost: int | None, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if group_cost is not None:
-        monkeypatch.setattr(causal_lm_runtime, "_GROUP_OVERHEAD_ELEMENTS", group_cost)
+        monkeypatch.setattr(causal_lm_inputs, "GROUP_OVERHEAD_ELEMENTS", group_cost)
     runtime = load_runtime(request.getfixturevalue(checkpoint))
     size = runtime.cache_spec().block_size
     rng = random.Random(7)
@@ -140,7 +140,8 @@ def test_one_step_over_many_context_lengths_equals_each_sequence_alone(
     together = runtime.step([items[i] for i in order])
     assert [together[order.index(i)] for i in range(len(items))] == [*alone, expected]
     assert runtime.model is not None
-    inputs, _ = runtime._inputs(runtime.model, [items[i] for i in order])
+    feeds = [causal_lm_inputs.Feed(item.tokens, item.start, item.block_table, 1) for item in items]
+    inputs, _ = causal_lm_inputs.build_inputs(runtime.model, [feeds[i] for i in order])
     groups = inputs.decode_groups
     assert sum(group.count for group in groups) == len(decodes)
     if group_cost == 0:  # every context length its own group: no padding, no mask

@@ -10,7 +10,7 @@ import torch
 from ladle.generation import SamplingParams
 from ladle.plugins.batchers.continuous.engine import EngineCore, EngineOptions
 
-from .support import assert_same_greedy, generate_alone, load_runtime, margins
+from .support import assert_same_greedy, draft_option, generate_alone, load_runtime, margins
 from .test_continuous_engine import run_batched, workload
 
 pytestmark = [
@@ -50,3 +50,16 @@ def test_cuda_cache_is_sized_from_free_device_memory(llama_dir: Path) -> None:
     total = torch.cuda.mem_get_info()[1]
     assert spec.num_blocks * spec.block_size * spec.bytes_per_token <= 0.05 * total
     assert spec.num_blocks * spec.block_size >= spec.max_model_len
+
+
+def test_cuda_speculative_greedy_equals_cpu_without_a_draft(llama_dir: Path, llama_draft: Path) -> None:
+    cpu = load_runtime(llama_dir)
+    gpu = load_runtime(llama_dir, device="cuda:0", speculative=draft_option(llama_draft))
+    jobs = workload(cpu.tokenizer.vocab_size, 8, seed=12, longest=90)
+    core = EngineCore(gpu, EngineOptions(max_num_seqs=5, max_batched_tokens=64))
+    sinks = run_batched(core, jobs)
+    for (prompt, max_tokens, _), sink in zip(jobs, sinks, strict=True):
+        expected = generate_alone(cpu, prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+        assert_same_greedy(expected, sink.tokens, margins(cpu, prompt, expected))
+    assert 0 < core.stats.draft_accepted < core.stats.draft_proposed
+    assert core.kv.pool.used_blocks == 0

@@ -156,3 +156,24 @@ def test_a_client_that_leaves_aborts_its_sequence_and_frees_its_blocks(
     stats = lm.get("/api/v1/stats").json()
     (entry,) = [v for v in stats["versions"] if (v["model"], v["version"]) == ("split", "1")]
     assert entry["responses_by_status"].get("499", 0) >= 1
+
+
+def test_a_shared_prefix_goes_to_the_instance_that_caches_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    repo = tmp_path_factory.mktemp("prefix") / "models"
+    write_checkpoint(repo / "chat" / "1", llama_config())
+    (repo / "chat" / "model.toml").write_text("instances = 2\n")
+    system = "you are a helpful assistant who answers in short sentences and never repeats itself " * 3
+    config = ServerConfig.model_validate({"server": {"repository": str(repo)}})
+    with run_server(Server(config)) as running, httpx.Client(base_url=running.url, timeout=60) as client:
+        batcher = running.server.manager.models["chat"].versions["1"].batcher
+        for question in ("what is two plus two", "name a colour", "say hello", "count to three"):
+            body = {"prompt": system + question, "max_tokens": 2, "temperature": 0}
+            assert client.post("/api/v1/models/chat/generate", json=body).status_code == 200
+        engines = batcher.stats()
+        assert sum(e.get("prefix_routed", 0) for e in engines) == 3  # every request after the first
+        cached = sorted(e["cached_prompt_tokens"] for e in engines)
+        assert cached[0] == 0 and cached[1] > 0  # one instance holds the prefix and served them all
+        metrics = client.get("/metrics").text
+        assert "ladle_generation_prefix_routing_hit_ratio" in metrics

@@ -273,3 +273,30 @@ async def test_the_batcher_refuses_a_runtime_that_cannot_step(host: PluginHost, 
     batcher = ContinuousBatcher(replicas, {})
     with pytest.raises(ConfigError, match="step-able"):
         await batcher.start()
+
+
+@run_async
+async def test_an_instance_leaving_the_set_finishes_its_running_generations(
+    llama_dir: Path, host: PluginHost
+) -> None:
+    replicas = await replicas_of(llama_dir, host)
+    leaving = replicas.instances[0]
+    batcher = ContinuousBatcher(replicas, {})
+    await batcher.start()
+    try:
+        payload = GenerationPayload(
+            prompt="the quick", sampling=SamplingParams(max_tokens=40, ignore_eos=True)
+        )
+        stream = batcher.stream(InferenceRequest("tiny", {}, generation=payload))
+        first = await stream.__anext__()
+        replicas.remove(leaving)  # scaled down while the sequence runs
+        release = asyncio.ensure_future(batcher.release(leaving, 10.0))
+        rest = [chunk async for chunk in stream]
+        await release
+        tokens = len(first.token_ids) + sum(len(c.token_ids) for c in rest)
+        assert tokens == 40 and rest[-1].finish_reason == "length"  # finished, not cut off
+        with pytest.raises(ModelNotReadyError):  # no instance left to take a new one
+            batcher.stream(InferenceRequest("tiny", {}, generation=payload))
+    finally:
+        await batcher.stop(drain_timeout=5)
+        await leaving.stop()

@@ -196,3 +196,62 @@ def test_misuse_is_refused() -> None:
         pool.allocate()
     with pytest.raises(ValueError):
         BlockPool(0, BS)
+
+
+def test_draft_tokens_past_the_accepted_ones_are_rolled_back() -> None:
+    kv = manager(8)
+    tokens = list(range(6))  # computed 5, the sixth is fed next
+    kv.admit(1, tokens)
+    assert kv.allocate(1, 5) == []
+    kv.commit(1, tokens, 5)
+    assert len(kv.block_table(1)) == 2
+    # a step feeds token 5 plus four draft tokens: positions 5..9 need three blocks
+    assert kv.allocate(1, 10) == []
+    assert len(kv.block_table(1)) == 3 and kv.pool.free_blocks == 5
+    accepted = [*tokens, 60]  # one draft accepted: positions 5 and 6 hold valid K/V
+    kv.commit(1, accepted, 7)
+    assert kv.rollback(1, 7) == 1  # positions 8 and 9 were in a block of their own
+    assert kv.computed(1) == 7 and len(kv.block_table(1)) == 2 and kv.pool.free_blocks == 6
+    assert kv.pool.usage() == (7, 8)
+    assert kv.rollback(1, 7) == 0  # nothing more to release
+    # every draft accepted: nothing to release
+    assert kv.allocate(1, 8) == []
+    kv.commit(1, [*accepted, 61], 8)
+    assert kv.rollback(1, 8) == 0 and len(kv.block_table(1)) == 2
+    kv.free(1)
+    assert kv.pool.used_blocks == 0 and kv.pool.usage() == (0, 0)
+
+
+def test_rolling_back_into_a_shared_registered_block_copies_it_before_the_next_write() -> None:
+    kv = manager(8)
+    prompt = list(range(8))
+    run(kv, 1, prompt)
+    assert kv.admit(2, [*prompt, 9]) == 8
+    shared = kv.block_table(2)[1]
+    assert kv.pool.refs(shared) == 2 and kv.pool.is_registered(shared)
+    assert kv.rollback(2, 6) == 0  # back into the second (shared, registered) block
+    assert kv.computed(2) == 6 and kv.block_table(2)[1] == shared
+    assert kv.pool.written(shared) == 4  # sequence 1 still reads all of it
+    copies = kv.allocate(2, 8)
+    assert copies is not None and len(copies) == 1 and copies[0][0] == shared
+    assert kv.block_table(1)[1] == shared and kv.pool.is_registered(shared)
+    kv.commit(2, [*prompt, 9], 8)  # the same tokens: the copy merges back into the registered block
+    assert kv.block_table(2)[1] == shared
+    assert kv.cached_prefix(prompt) == 8
+    kv.free(1)
+    kv.free(2)
+    assert kv.pool.used_blocks == 0
+
+
+def test_rolling_back_a_private_block_lowers_its_written_mark_and_to_zero_frees_everything() -> None:
+    kv = manager(8)
+    run(kv, 1, list(range(7)))
+    assert kv.pool.usage() == (7, 8)
+    assert kv.rollback(1, 5) == 0
+    assert kv.computed(1) == 5 and kv.pool.usage() == (5, 8)
+    assert kv.rollback(1, 0) == 2
+    assert kv.block_table(1) == [] and kv.pool.used_blocks == 0 and kv.pool.usage() == (0, 0)
+    assert kv.allocate(1, 3) == [] and len(kv.block_table(1)) == 1
+    with pytest.raises(ValueError):
+        kv.rollback(1, -1)
+    kv.free(1)

@@ -164,8 +164,8 @@ def test_deadline_from_parameter_and_header_gives_504(client: httpx.Client) -> N
     slow = v2_body(np.array([[SLOW, 0]], np.float32), "x", timeout_ms=100)
     response = client.post("/v2/models/echo/infer", json=slow)
     assert response.status_code == 504 and response.json()["code"] == "deadline_exceeded"
-    header = client.post(
-        "/v2/models/echo/infer",
+    header = client.post(  # another version: the first one's slow batch is still running there
+        "/v2/models/echo/versions/1/infer",
         json=v2_body(np.array([[SLOW, 0]], np.float32), "x"),
         headers={"Ladle-Timeout-Ms": "100"},
     )

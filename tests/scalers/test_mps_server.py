@@ -96,4 +96,7 @@ def test_a_server_packs_gpu_models_into_mps_workers(stand_in: StandIn, tmp_path:
     assert plan["unplaced"] == [] and plan["mps"]["active"] is True
     assert answers <= {"0|50|0=13517M", "1|50|0=13517M", "0|25|0=3380M"}
     assert {a.split("|")[1] for a in answers} == {"50", "25"}
-    assert stand_in.commands() == ["-d", "quit"]  # started once for the server, stopped with it
+    commands = stand_in.commands()
+    assert commands[0] == "-d" and commands[-1] == "quit"  # started once for the server, stopped with it
+    # in between only the supervisor's health queries (server list and status), never a change
+    assert all(c == "get_server_list" or c.startswith("get_server_status") for c in commands[1:-1])

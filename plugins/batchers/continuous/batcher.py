@@ -1,5 +1,11 @@
 """The continuous batcher: one generation engine beside each step-able runtime instance.
 
+With several instances, a generation goes to the engine whose KV cache already holds the longest
+prefix of its prompt (a system prompt many requests share, say), unless that engine is busier than
+the least loaded one by more than ``prefix_slack`` sequences (default 2); among engines caching as
+much, and without any cached prefix, it goes to the least loaded (``prefix_aware = false`` always
+picks the least loaded).
+
 - ``stream(request)`` takes a generation request (``request.generation``: a prompt or chat messages,
   rendered with this version's chat template, and sampling parameters) and returns its chunks;
 - ``submit(request)`` serves the V2 protocol: a ``text_input`` BYTES tensor (one prompt per row)
@@ -18,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from ladle import (
     Arrays,
@@ -40,7 +47,7 @@ from ladle import (
 from .engine import EngineOptions, GenerationEngine
 from .stream import TokenStream
 
-__all__ = ["ContinuousBatcher", "runtime_of"]
+__all__ = ["ContinuousBatcher", "ContinuousOptions", "runtime_of"]
 
 TEXT_INPUT = "text_input"
 TEXT_OUTPUT = "text_output"
@@ -65,9 +72,17 @@ def runtime_of(instance: Instance) -> StepRuntime:
     return runtime
 
 
+class ContinuousOptions(EngineOptions):
+    """The engine's options, plus how a request picks an engine among several instances."""
+
+    prefix_aware: bool = True
+    prefix_slack: int = Field(default=2, ge=0, description="extra sequences a prefix hit may queue behind")
+
+
 class ContinuousBatcher(Batcher):
     """Options: those of ``EngineOptions`` (``max_num_seqs``, ``max_batched_tokens``, ``max_waiting``,
-    ``prefix_caching``, ``watermark``); unknown ones are refused."""
+    ``prefix_caching``, ``watermark``, ``speculative_max_seqs``, ``adaptive_speculation``) and
+    ``prefix_aware`` / ``prefix_slack``; unknown ones are refused."""
 
     streams: ClassVar[bool] = True
     enforces_deadlines: ClassVar[bool] = True
@@ -76,8 +91,15 @@ class ContinuousBatcher(Batcher):
         self, replicas: ReplicaSet, options: Mapping[str, Any], observer: BatchObserver | None = None
     ) -> None:
         super().__init__(replicas, options, observer)
-        self.engine_options = parse_options(EngineOptions, self.options, "batcher 'continuous'")
+        self.settings = parse_options(ContinuousOptions, self.options, "batcher 'continuous'")
+        self.engine_options = EngineOptions(
+            **self.settings.model_dump(exclude={"prefix_aware", "prefix_slack"})
+        )
+        #: Generations routed to an engine holding a prefix of their prompt, and all routed.
+        self.prefix_routed = 0
+        self.routed = 0
         self._engines: dict[int, GenerationEngine] = {}
+        self._leaving: dict[int, GenerationEngine] = {}  # engines of instances that left the set
         self._accepting = True
         self._timing: Timing | None = None
 
@@ -98,7 +120,8 @@ class ContinuousBatcher(Batcher):
         """Engines for the ready instances: new instances get one, removed ones lose theirs."""
         ready = {id(instance): instance for instance in self.replicas.ready()}
         for key in [key for key in self._engines if key not in ready]:
-            self._engines.pop(key).stop(timeout=0)
+            # out of the set: no new sequences; the running ones finish in ``release``
+            self._leaving[key] = self._engines.pop(key)
         for key, instance in ready.items():
             if key not in self._engines:
                 engine = GenerationEngine(
@@ -112,7 +135,7 @@ class ContinuousBatcher(Batcher):
         self.replicas.changed.clear()
         return list(self._engines.values())
 
-    def _engine(self) -> GenerationEngine:
+    def _live(self) -> list[GenerationEngine]:
         if not self._accepting:
             raise ModelNotReadyError(f"model {self.replicas.model!r} is draining")
         engines = (
@@ -122,7 +145,37 @@ class ContinuousBatcher(Batcher):
         )
         if not engines:
             raise ModelNotReadyError(f"model {self.replicas.model!r} has no ready instance")
-        return min(engines, key=lambda engine: engine.load)
+        return engines
+
+    def _engine(self) -> GenerationEngine:
+        return min(self._live(), key=lambda engine: engine.load)
+
+    def _engine_for(self, tokens: list[int]) -> GenerationEngine:
+        """The engine caching the longest prefix of ``tokens`` (within ``prefix_slack`` of the least
+        loaded), else the least loaded. Reads the engines' caches without locking: an estimate."""
+        engines = self._live()
+        least = min(engines, key=lambda engine: engine.load)
+        self.routed += 1
+        if len(engines) == 1 or not self.settings.prefix_aware:
+            return least
+        hashes = least.core.kv.prefix_hashes(tokens)
+        best, best_score = least, (0, -least.load)
+        for engine in engines:
+            if engine.load > least.load + self.settings.prefix_slack:
+                continue
+            pool = engine.core.kv.pool
+            hits = 0
+            for block_hash in hashes:
+                if pool.lookup(block_hash) is None:
+                    break
+                hits += 1
+            score = (hits, -engine.load)  # the longest cached prefix; among equals, the least loaded
+            if score > best_score:
+                best, best_score = engine, score
+        best_hits = best_score[0]
+        if best_hits:
+            self.prefix_routed += 1
+        return best
 
     @property
     def tokenizer(self) -> TextTokenizer:
@@ -138,21 +191,21 @@ class ContinuousBatcher(Batcher):
         payload = request.generation
         if payload is None:
             raise InvalidInputError("a generation request needs a prompt or messages")
-        engine = self._engine()
+        tokenizer = self._engine().tokenizer
         if payload.messages is not None:
-            prompt: str | list[int] = engine.tokenizer.encode_chat(list(payload.messages))
-            special = False
+            tokens = tokenizer.encode_chat(list(payload.messages))
+        elif isinstance(payload.prompt, str):
+            tokens = tokenizer.encode(payload.prompt, add_special_tokens=payload.add_special_tokens)
         else:
-            prompt = payload.prompt if isinstance(payload.prompt, str) else list(payload.prompt or ())
-            special = payload.add_special_tokens
+            tokens = list(payload.prompt or ())
+        engine = self._engine_for(tokens)
         try:
             stream = engine.generate(
-                prompt,
+                tokens,
                 payload.sampling,
                 priority=request.priority,
                 request_id=request.id,
                 deadline=request.deadline,
-                add_special_tokens=special,
             )
         except LadleError as exc:
             self.observer.requests_dropped((request,), exc.code)
@@ -206,26 +259,40 @@ class ContinuousBatcher(Batcher):
             "completion_tokens": np.array([r.usage.completion_tokens for r in results], dtype=np.int64),
         }
 
+    async def release(self, instance: Instance, timeout: float) -> None:
+        """The instance left: its engine finishes the sequences it runs (within ``timeout``), then stops."""
+        self._sync()
+        engine = self._leaving.pop(id(instance), None) or self._engines.pop(id(instance), None)
+        if engine is not None:
+            await engine.drain(timeout)
+
     async def start(self) -> None:
         self._sync()
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         self._accepting = False
-        engines = list(self._engines.values())
+        engines = [*self._engines.values(), *self._leaving.values()]
         self._engines.clear()
+        self._leaving.clear()
         await asyncio.gather(*(engine.drain(drain_timeout) for engine in engines))
 
     @property
     def queue_depth(self) -> int:
-        return sum(engine.waiting for engine in self._engines.values())
+        return sum(engine.waiting for engine in [*self._engines.values(), *self._leaving.values()])
 
     @property
     def in_flight(self) -> int:
-        return sum(engine.load for engine in self._engines.values())
+        """Sequences running (queued ones are ``queue_depth``)."""
+        return sum(e.load - e.waiting for e in [*self._engines.values(), *self._leaving.values()])
 
     def stats(self) -> list[dict[str, float]]:
-        """Per-engine counters (steps, tokens, preemptions, cache utilisation)."""
-        return [engine.stats() for engine in self._engines.values()]
+        """Per-engine counters (steps, tokens, preemptions, cache utilisation, draft tokens proposed
+        and accepted); the first also carries the batcher's routing counters (``routed``,
+        ``prefix_routed``)."""
+        engines = [engine.stats() for engine in self._engines.values()]
+        if engines:
+            engines[0] = {**engines[0], "routed": self.routed, "prefix_routed": self.prefix_routed}
+        return engines
 
 
 def _text(value: Any) -> str:

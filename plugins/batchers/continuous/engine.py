@@ -62,7 +62,13 @@ class EngineOptions(PluginOptions):
     ``max_num_seqs``: sequences running at once; ``max_batched_tokens``: tokens per step, prefill and
     decode together (longer prompts are prefilled in chunks); ``max_waiting``: queued requests beyond
     which new ones are refused (503); ``prefix_caching``: share the cache of identical prompt prefixes;
-    ``watermark``: fraction of the cache kept free when admitting new sequences, so running ones can grow.
+    ``watermark``: fraction of the cache kept free when admitting new sequences, so running ones can grow;
+    ``speculative_max_seqs``: with a runtime that speculates, propose draft tokens only in steps where
+    at most this many sequences decode (unset: in every step). Verifying drafts multiplies the
+    target's work per step, which pays while a step is bound by reading weights (few sequences) and
+    stops paying once it is bound by arithmetic (many sequences on a CPU); ``adaptive_speculation``:
+    a sequence whose last round kept no draft asks for one, and pauses drafting while its rounds keep
+    failing (``false``: always the runtime's most).
     """
 
     max_num_seqs: int = Field(default=64, ge=1)
@@ -70,6 +76,8 @@ class EngineOptions(PluginOptions):
     max_waiting: int = Field(default=1024, ge=1)
     prefix_caching: bool = True
     watermark: float = Field(default=0.01, ge=0, lt=1)
+    speculative_max_seqs: int | None = Field(default=None, ge=0)
+    adaptive_speculation: bool = True
 
 
 @dataclass
@@ -86,6 +94,9 @@ class EngineStats:
     kv_utilisation_sum: float = 0.0
     contiguous_utilisation_sum: float = 0.0
     request_utilisation_sum: float = 0.0
+    #: Draft tokens the runtime was given room to propose, and how many of them the target accepted.
+    draft_proposed: int = 0
+    draft_accepted: int = 0
 
     def to_dict(self) -> dict[str, float]:
         steps = max(1, self.steps)
@@ -100,6 +111,9 @@ class EngineStats:
             "kv_utilisation": self.kv_utilisation_sum / steps,
             "contiguous_max_len_utilisation": self.contiguous_utilisation_sum / steps,
             "contiguous_request_utilisation": self.request_utilisation_sum / steps,
+            "draft_proposed": self.draft_proposed,
+            "draft_accepted": self.draft_accepted,
+            "draft_acceptance": self.draft_accepted / self.draft_proposed if self.draft_proposed else 0.0,
         }
 
 
@@ -120,6 +134,9 @@ class EngineCore:
             max_num_seqs=options.max_num_seqs,
             max_batched_tokens=max(options.max_batched_tokens, 1),
             watermark_blocks=int(options.watermark * spec.num_blocks),
+            lookahead=runtime.speculative_tokens(),
+            lookahead_max_seqs=options.speculative_max_seqs,
+            adapt_lookahead=options.adaptive_speculation,
         )
         self.stats = EngineStats()
         #: Called once per step with that step's times to first token and between tokens (seconds).
@@ -245,6 +262,12 @@ class EngineCore:
                 raise RuntimeFailureError(
                     f"the runtime returned {len(outputs)} results for {len(plan.items)} items"
                 )
+            for item, tokens in zip(plan.items, outputs, strict=True):
+                if item.lookahead and len(tokens) > item.lookahead + 1:
+                    raise RuntimeFailureError(
+                        f"the runtime returned {len(tokens)} tokens for an item with room for "
+                        f"{item.lookahead} draft tokens"
+                    )
         except Exception as exc:
             error = (
                 exc
@@ -269,6 +292,10 @@ class EngineCore:
                     first.append(now - seq.arrival)
                 seq.last_emit = now
                 events.append((seq.sink, self._accept(seq, tokens)))
+            if item.lookahead:
+                self.stats.draft_proposed += item.lookahead
+                self.stats.draft_accepted += min(max(0, len(tokens) - 1), item.lookahead)
+                self.scheduler.verified(seq, item, len(tokens))
         if self.timing is not None and (first or gaps):
             self.timing(first, gaps)
         return events

@@ -7,6 +7,15 @@ is left of the budget is prefilled in chunks over several steps. When the cache 
 running sequence of the lowest class is preempted: its blocks go back to the pool and it is recomputed
 later (its cached prefix blocks usually survive, so recomputing is mostly cache hits). A waiting
 sequence of a higher class may preempt running sequences of lower classes.
+
+With a runtime that speculates (``StepRuntime.speculative_tokens()``), what the step leaves of its
+budget and of the free blocks (beyond the watermark) goes to decoding sequences as a ``lookahead``
+for draft tokens, oldest first; after the step the accepted drafts are committed and the blocks of the
+rejected ones rolled back (``verified``). A guess never preempts anything: a sequence that finds no
+room simply decodes one token. With ``adapt_lookahead``, a sequence whose last round kept no draft
+asks for one draft only, and one whose rounds keep failing stops drafting for a while (4, 8, ... up
+to 64 steps) before trying one again, so a draft that does not predict its target costs little; a
+round that keeps any draft restores the runtime's most.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from ladle import BlockCopy, KVCacheManager, Priority, StepItem
 from .sequence import Sequence, SequenceStatus
 
 __all__ = ["Scheduler", "StepPlan"]
+
+_LONGEST_PAUSE = 64  # steps a sequence whose drafts keep failing goes without drafting, at most
 
 
 @dataclass
@@ -46,6 +57,9 @@ class Scheduler:
         max_num_seqs: int,
         max_batched_tokens: int,
         watermark_blocks: int = 0,
+        lookahead: int = 0,
+        lookahead_max_seqs: int | None = None,
+        adapt_lookahead: bool = True,
     ) -> None:
         if max_num_seqs <= 0 or max_batched_tokens <= 0:
             raise ValueError("max_num_seqs and max_batched_tokens must be positive")
@@ -53,6 +67,9 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
         self.watermark_blocks = watermark_blocks
+        self.lookahead = max(0, lookahead)
+        self.lookahead_max_seqs = lookahead_max_seqs
+        self.adapt_lookahead = adapt_lookahead
         self.waiting: dict[Priority, deque[Sequence]] = {p: deque() for p in Priority}
         self.running: list[Sequence] = []  # kept sorted by Sequence.order
         self.preemptions = 0
@@ -113,7 +130,39 @@ class Scheduler:
                 scheduled.add(seq.id)
                 budget -= count
             budget = self._admit(priority, budget, scheduled, plan)
+        if self.lookahead:
+            self._speculate(plan, budget)
         return plan
+
+    def _speculate(self, plan: StepPlan, budget: int) -> None:
+        """Grant decoding items room for draft tokens from the budget and blocks the step left."""
+        if self.lookahead_max_seqs is not None:
+            decoding = sum(1 for item in plan.items if item.sample and len(item.tokens) == 1)
+            if decoding > self.lookahead_max_seqs:
+                return
+        kv = self.kv
+        size = kv.block_size
+        for item, seq in zip(plan.items, plan.sequences, strict=True):
+            if budget <= 0:
+                break
+            if not item.sample or len(item.tokens) != 1 or seq.status is not SequenceStatus.RUNNING:
+                continue
+            if seq.draft_pause > 0:
+                seq.draft_pause -= 1
+                continue
+            spare = kv.pool.free_blocks - self.watermark_blocks
+            room = (len(kv.block_table(seq.id)) + max(0, spare)) * size - item.start - 1
+            wanted = self.lookahead if seq.draft_tokens < 0 or not self.adapt_lookahead else seq.draft_tokens
+            # the target's own token always follows the drafts: never propose past max_tokens
+            grant = min(wanted, budget, seq.max_tokens - seq.generated - 1, room)
+            if grant <= 0:
+                continue
+            copies = kv.allocate(seq.id, item.start + 1 + grant)
+            if copies is None:
+                continue
+            plan.copies.extend(copies)
+            item.lookahead = grant
+            budget -= grant
 
     def _admit(self, priority: Priority, budget: int, scheduled: set[int], plan: StepPlan) -> int:
         lane = self.waiting[priority]
@@ -215,3 +264,23 @@ class Scheduler:
                 continue
             seq.computed = item.start + len(item.tokens)
             kv.commit(seq.id, seq.tokens, seq.computed)
+
+    def verified(self, seq: Sequence, item: StepItem, produced: int) -> None:
+        """After a step that granted ``item`` a lookahead and appended the ``produced`` tokens: the
+        ``produced - 1`` accepted drafts are in the cache; blocks past them go back to the pool."""
+        if seq.status is not SequenceStatus.RUNNING:
+            return
+        accepted = min(max(0, produced - 1), item.lookahead)
+        seq.computed = item.start + len(item.tokens) + accepted
+        self.kv.commit(seq.id, seq.tokens, seq.computed)
+        self.kv.rollback(seq.id, seq.computed)
+        if not self.adapt_lookahead:
+            return
+        if accepted:
+            seq.draft_misses = 0
+            seq.draft_tokens = self.lookahead
+        else:
+            seq.draft_misses += 1
+            seq.draft_tokens = 1
+            if seq.draft_misses >= 2:
+                seq.draft_pause = min(_LONGEST_PAUSE, 2**seq.draft_misses)

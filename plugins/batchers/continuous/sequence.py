@@ -76,6 +76,9 @@ class Sequence:
         "arrival",
         "computed",
         "deadline",
+        "draft_misses",
+        "draft_pause",
+        "draft_tokens",
         "finish_reason",
         "id",
         "last_emit",
@@ -127,6 +130,11 @@ class Sequence:
         self.computed = 0
         self.preemptions = 0
         self.finish_reason: FinishReason | None = None
+        #: Speculative decoding: draft tokens to ask for next (``-1``: the runtime's most), rounds in a
+        #: row where the target accepted none, and steps left before drafting again.
+        self.draft_tokens = -1
+        self.draft_misses = 0
+        self.draft_pause = 0
 
     @property
     def generated(self) -> int:

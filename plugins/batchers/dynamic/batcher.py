@@ -192,8 +192,13 @@ def _padding_key(request: InferenceRequest) -> tuple[Any, ...]:
 
 
 def padded_batch(requests: Sequence[InferenceRequest]) -> Batch:
-    """Concatenate requests whose non-batch dimensions differ, zero-padding each at the end."""
-    items = [BatchItem(r.id, r.rows, r.parameters, r.deadline) for r in requests]
+    """Concatenate requests whose non-batch dimensions differ, zero-padding each at the end. Each
+    item records its own sizes (``extents``), so the outputs are cut back per request."""
+    first = next(iter(requests[0].inputs))
+    items = [
+        BatchItem(r.id, r.rows, r.parameters, r.deadline, r.cancel.cancelled, r.inputs[first].shape[1:])
+        for r in requests
+    ]
     inputs = {}
     for name in requests[0].inputs:
         arrays = [r.inputs[name] for r in requests]

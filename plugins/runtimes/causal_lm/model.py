@@ -7,15 +7,23 @@ batch: matrix products see all tokens at once; attention runs once per group of 
 one padded batch, and once per multi-token (prefill) chunk. Logits are computed only where a token
 is sampled.
 
+A decode group may carry several tokens per sequence (``DecodeGroup.queries``: a token and the
+draft tokens verified with it in speculative decoding): its queries then attend under a causal mask
+over the same gathered K/V, so verifying drafts costs one batched attention per group, not one per
+sequence.
+
 Gathered K/V land in two scratch buffers that live as long as the model. Allocating them per layer
 and step cost more than the attention itself once a gather passed glibc's mmap threshold (32 MiB):
 every such allocation is a fresh mapping, and its pages fault in again at every layer.
+
+Projections and token embeddings are ``quantize.Linear`` / ``quantize.Embedding`` objects: dense, or
+int8 with ``quantize="int8"``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,41 +34,57 @@ from safetensors import safe_open
 from ladle import ConfigError
 
 from .config import ModelArgs
+from .quantize import Embedding, Linear, linear
 
-__all__ = ["CausalLM", "DecodeGroup", "Prefill", "StepInputs", "load_weights"]
+__all__ = ["CausalLM", "Checkpoint", "DecodeGroup", "Prefill", "StepInputs", "load_weights"]
 
 
-def load_weights(directory: Path, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+class Checkpoint(Mapping[str, torch.Tensor]):
+    """The tensors of every ``*.safetensors`` file in a directory, each read (in ``dtype`` on
+    ``device``) when it is asked for, as a tensor of its own: a model built from it, quantized or
+    not, holds only the weights it keeps (plus, while loading, the few it is converting), and the
+    file is unmapped once the model is built."""
+
+    def __init__(self, directory: Path, device: torch.device, dtype: torch.dtype) -> None:
+        files = sorted(directory.glob("*.safetensors"))
+        if not files:
+            raise ConfigError(f"{directory}: no *.safetensors file", file=str(directory))
+        self.device = device
+        self.dtype = dtype
+        self._handles = [safe_open(str(path), framework="pt", device="cpu") for path in files]
+        self._where = {name: handle for handle in self._handles for name in handle.keys()}  # noqa: SIM118
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor: torch.Tensor = self._where[name].get_tensor(name)
+        dtype = self.dtype if tensor.is_floating_point() else tensor.dtype
+        # always a copy: a tensor still backed by the file's mapping would keep all of it resident
+        return tensor.to(self.device, dtype, copy=True)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def load_weights(directory: Path, device: torch.device, dtype: torch.dtype) -> Checkpoint:
     """Every tensor of every ``*.safetensors`` file in ``directory``, in ``dtype`` on ``device``."""
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise ConfigError(f"{directory}: no *.safetensors file", file=str(directory))
-    tensors: dict[str, torch.Tensor] = {}
-    for path in files:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                tensor = f.get_tensor(name)
-                if tensor.is_floating_point():
-                    tensor = tensor.to(dtype)
-                tensors[name] = tensor.to(device)
-    return tensors
+    return Checkpoint(directory, device, dtype)
 
 
 class _Weights:
     """Takes named tensors out of a checkpoint, checking that each exists and has the expected shape."""
 
     def __init__(self, tensors: Mapping[str, torch.Tensor], prefix: str, source: Path) -> None:
-        self._tensors = {
-            (name[len(prefix) :] if name.startswith(prefix) else name): tensor
-            for name, tensor in tensors.items()
-        }
+        self._tensors = tensors
+        self._names = {(name[len(prefix) :] if name.startswith(prefix) else name): name for name in tensors}
         self._source = source
 
     def has(self, name: str) -> bool:
-        return name in self._tensors
+        return name in self._names
 
     def take(self, name: str, *shape: int) -> torch.Tensor:
-        tensor = self._tensors.get(name)
+        tensor = self._tensors[self._names[name]] if name in self._names else None
         if tensor is None:
             raise ConfigError(f"{self._source}: weight {name!r} is missing", file=str(self._source), key=name)
         if shape and tuple(tensor.shape) != shape:
@@ -79,16 +103,12 @@ class _Weights:
 class _Layer:
     norm1: torch.Tensor
     norm1_bias: torch.Tensor | None
-    qkv: torch.Tensor
-    qkv_bias: torch.Tensor | None
-    out: torch.Tensor
-    out_bias: torch.Tensor | None
+    qkv: Linear
+    out: Linear
     norm2: torch.Tensor
     norm2_bias: torch.Tensor | None
-    up: torch.Tensor  # llama: gate and up stacked
-    up_bias: torch.Tensor | None
-    down: torch.Tensor
-    down_bias: torch.Tensor | None
+    up: Linear  # llama: gate and up stacked
+    down: Linear
     scale: float
 
 
@@ -107,15 +127,17 @@ class Prefill:
 
 @dataclass
 class DecodeGroup:
-    """Single-token sequences ``[offset, offset + count)`` of the flat batch that attend together:
-    ``kv_index`` holds ``count * length`` cache slots (each sequence's, padded to ``length``) and
-    ``mask`` (``[count, 1, 1, length]``) marks the real ones (``None`` when nothing is padded)."""
+    """``count`` sequences of ``queries`` tokens each, rows ``[offset, offset + count * queries)`` of
+    the flat batch, that attend together: ``kv_index`` holds ``count * length`` cache slots (each
+    sequence's, padded to ``length``) and ``mask`` (``[count, 1, queries * heads_per_kv, length]``)
+    says which slot each query may read (``None`` for single queries with nothing padded)."""
 
     offset: int
     count: int
     length: int
     kv_index: torch.Tensor
     mask: torch.Tensor | None
+    queries: int = 1
 
 
 @dataclass
@@ -151,11 +173,17 @@ class CausalLM:
     """The model: weights, RoPE tables and the paged K/V cache (``[blocks * block_size, kv_heads, head_dim]``
     per layer)."""
 
-    def __init__(self, args: ModelArgs, tensors: Mapping[str, torch.Tensor], source: Path) -> None:
+    def __init__(
+        self, args: ModelArgs, tensors: Mapping[str, torch.Tensor], source: Path, quantize: str = "none"
+    ) -> None:
         self.args = args
-        any_tensor = next(iter(tensors.values()))
-        self.device = any_tensor.device
-        self.dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
+        if isinstance(tensors, Checkpoint):
+            self.device, self.dtype = tensors.device, tensors.dtype
+        else:
+            any_tensor = next(iter(tensors.values()))
+            self.device = any_tensor.device
+            self.dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
+        self.quantize = quantize
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
         self.block_size = 0
@@ -172,7 +200,8 @@ class CausalLM:
         a = self.args
         d, hd, i = a.hidden_size, a.head_dim, a.intermediate_size
         q, kv = a.num_heads * hd, a.num_kv_heads * hd
-        self.embed = w.take("embed_tokens.weight", a.vocab_size, d)
+        embed = w.take("embed_tokens.weight", a.vocab_size, d)
+        self.embed = Embedding(embed, self.quantize)
         self.position_embed: torch.Tensor | None = None
         self.layers = []
         for n in range(a.num_layers):
@@ -194,36 +223,48 @@ class CausalLM:
                 _Layer(
                     norm1=w.take(p + "input_layernorm.weight", d),
                     norm1_bias=None,
-                    qkv=torch.cat(
-                        [
-                            w.take(attention + "q_proj.weight", q, d),
-                            w.take(attention + "k_proj.weight", kv, d),
-                            w.take(attention + "v_proj.weight", kv, d),
-                        ]
+                    qkv=self._linear(
+                        torch.cat(
+                            [
+                                w.take(attention + "q_proj.weight", q, d),
+                                w.take(attention + "k_proj.weight", kv, d),
+                                w.take(attention + "v_proj.weight", kv, d),
+                            ]
+                        ),
+                        qkv_bias,
                     ),
-                    qkv_bias=qkv_bias,
-                    out=w.take(attention + "o_proj.weight", d, q),
-                    out_bias=w.optional(a.output_bias, attention + "o_proj.bias", d),
+                    out=self._linear(
+                        w.take(attention + "o_proj.weight", d, q),
+                        w.optional(a.output_bias, attention + "o_proj.bias", d),
+                    ),
                     norm2=w.take(p + "post_attention_layernorm.weight", d),
                     norm2_bias=None,
-                    up=torch.cat(
-                        [w.take(mlp + "gate_proj.weight", i, d), w.take(mlp + "up_proj.weight", i, d)]
+                    up=self._linear(
+                        torch.cat(
+                            [w.take(mlp + "gate_proj.weight", i, d), w.take(mlp + "up_proj.weight", i, d)]
+                        ),
+                        up_bias,
                     ),
-                    up_bias=up_bias,
-                    down=w.take(mlp + "down_proj.weight", d, i),
-                    down_bias=w.optional(a.mlp_bias, mlp + "down_proj.bias", d),
+                    down=self._linear(
+                        w.take(mlp + "down_proj.weight", d, i),
+                        w.optional(a.mlp_bias, mlp + "down_proj.bias", d),
+                    ),
                     scale=1.0 / math.sqrt(hd),
                 )
             )
         self.final_norm = w.take("norm.weight", d)
         self.final_norm_bias: torch.Tensor | None = None
-        self.lm_head = self.embed if a.tie_word_embeddings else w.take("lm_head.weight", a.vocab_size, d)
+        self.lm_head = (
+            self.embed.tied_head(self.dtype)
+            if a.tie_word_embeddings
+            else self._linear(w.take("lm_head.weight", a.vocab_size, d), None)
+        )
         self._rope_tables()
 
     def _load_gpt2(self, w: _Weights) -> None:
         a = self.args
         d, i = a.hidden_size, a.intermediate_size
-        self.embed = w.take("wte.weight", a.vocab_size, d)
+        self.embed = Embedding(w.take("wte.weight", a.vocab_size, d), self.quantize)
         self.position_embed = w.take("wpe.weight", a.max_position_embeddings, d)
         self.layers = []
         for n in range(a.num_layers):
@@ -233,25 +274,35 @@ class CausalLM:
                 _Layer(
                     norm1=w.take(p + "ln_1.weight", d),
                     norm1_bias=w.take(p + "ln_1.bias", d),
-                    qkv=w.take(p + "attn.c_attn.weight", d, 3 * d).t().contiguous(),
-                    qkv_bias=w.take(p + "attn.c_attn.bias", 3 * d),
-                    out=w.take(p + "attn.c_proj.weight", d, d).t().contiguous(),
-                    out_bias=w.take(p + "attn.c_proj.bias", d),
+                    qkv=self._linear(
+                        w.take(p + "attn.c_attn.weight", d, 3 * d).t().contiguous(),
+                        w.take(p + "attn.c_attn.bias", 3 * d),
+                    ),
+                    out=self._linear(
+                        w.take(p + "attn.c_proj.weight", d, d).t().contiguous(),
+                        w.take(p + "attn.c_proj.bias", d),
+                    ),
                     norm2=w.take(p + "ln_2.weight", d),
                     norm2_bias=w.take(p + "ln_2.bias", d),
-                    up=w.take(p + "mlp.c_fc.weight", d, i).t().contiguous(),
-                    up_bias=w.take(p + "mlp.c_fc.bias", i),
-                    down=w.take(p + "mlp.c_proj.weight", i, d).t().contiguous(),
-                    down_bias=w.take(p + "mlp.c_proj.bias", d),
+                    up=self._linear(
+                        w.take(p + "mlp.c_fc.weight", d, i).t().contiguous(), w.take(p + "mlp.c_fc.bias", i)
+                    ),
+                    down=self._linear(
+                        w.take(p + "mlp.c_proj.weight", i, d).t().contiguous(),
+                        w.take(p + "mlp.c_proj.bias", d),
+                    ),
                     scale=1.0 / (math.sqrt(a.head_dim) * ((n + 1) if a.scale_attn_by_layer else 1)),
                 )
             )
         self.final_norm = w.take("ln_f.weight", d)
         self.final_norm_bias = w.take("ln_f.bias", d)
         if w.has("lm_head.weight") and not a.tie_word_embeddings:
-            self.lm_head = w.take("lm_head.weight", a.vocab_size, d)
+            self.lm_head = self._linear(w.take("lm_head.weight", a.vocab_size, d), None)
         else:
-            self.lm_head = self.embed
+            self.lm_head = self.embed.tied_head(self.dtype)
+
+    def _linear(self, weight: torch.Tensor, bias: torch.Tensor | None) -> Linear:
+        return linear(weight, bias, self.quantize, self.dtype)
 
     def _rope_tables(self) -> None:
         # Computed in float32 exactly as transformers does, then cast: checkpoints were trained this way.
@@ -299,15 +350,15 @@ class CausalLM:
             cache.index_copy_(0, targets, cache.index_select(0, sources))
 
     def parameter_bytes(self) -> int:
+        """Bytes of every weight as stored (int8 ones included); tied weights count once."""
         seen: set[int] = set()
-        total = 0
-        tensors = [self.embed, self.lm_head, self.final_norm]
-        if self.position_embed is not None:
-            tensors.append(self.position_embed)
+        total = self.embed.memory(seen) + self.lm_head.memory(seen)
+        tensors = [self.final_norm, self.final_norm_bias, self.position_embed]
         for layer in self.layers:
-            tensors.extend(t for t in vars(layer).values() if isinstance(t, torch.Tensor))
+            tensors.extend((layer.norm1, layer.norm1_bias, layer.norm2, layer.norm2_bias))
+            total += sum(part.memory(seen) for part in (layer.qkv, layer.out, layer.up, layer.down))
         for tensor in tensors:
-            if tensor.data_ptr() not in seen:
+            if tensor is not None and tensor.data_ptr() not in seen:
                 seen.add(tensor.data_ptr())
                 total += tensor.numel() * tensor.element_size()
         return total
@@ -318,7 +369,7 @@ class CausalLM:
         """Logits ``[len(step.sample_rows), vocab]`` for the sampled rows, writing every token's K/V."""
         a = self.args
         llama = a.family == "llama"
-        x = F.embedding(step.input_ids, self.embed)
+        x = self.embed(step.input_ids)
         if self.position_embed is not None:
             x = x + F.embedding(step.positions, self.position_embed)
         tokens = x.shape[0]
@@ -332,7 +383,7 @@ class CausalLM:
                 h = F.rms_norm(x, shape, layer.norm1, a.norm_eps)
             else:
                 h = F.layer_norm(x, shape, layer.norm1, layer.norm1_bias, a.norm_eps)
-            qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+            qkv = layer.qkv(h)
             if llama:
                 qk = qkv[:, : (heads + kv_heads) * hd].view(tokens, heads + kv_heads, hd)
                 qk = qk * cos + torch.roll(qk, hd // 2, -1) * sin
@@ -342,21 +393,23 @@ class CausalLM:
                 k = qkv[:, heads * hd : (heads + kv_heads) * hd].view(tokens, kv_heads, hd)
             v = qkv[:, (heads + kv_heads) * hd :].view(tokens, kv_heads, hd)
             attended = self._attend(q, k, v, self.k_cache[index], self.v_cache[index], step, layer.scale)
-            x = x + F.linear(attended, layer.out, layer.out_bias)
+            x = x + layer.out(attended)
             if llama:
                 h = F.rms_norm(x, shape, layer.norm2, a.norm_eps)
-                gate, up = F.linear(h, layer.up, layer.up_bias).chunk(2, dim=-1)
+                gate, up = layer.up(h).chunk(2, dim=-1)
                 h = F.silu(gate) * up
             else:
                 h = F.layer_norm(x, shape, layer.norm2, layer.norm2_bias, a.norm_eps)
-                h = F.gelu(F.linear(h, layer.up, layer.up_bias), approximate=a.gelu_approximate)
-            x = x + F.linear(h, layer.down, layer.down_bias)
+                h = F.gelu(layer.up(h), approximate=a.gelu_approximate)
+            x = x + layer.down(h)
         x = x.index_select(0, step.sample_rows)
+        if not x.shape[0]:  # nothing sampled (a prompt chunk, a draft mirroring the target)
+            return x.new_empty(0, a.vocab_size)
         if llama:
             x = F.rms_norm(x, shape, self.final_norm, a.norm_eps)
         else:
             x = F.layer_norm(x, shape, self.final_norm, self.final_norm_bias, a.norm_eps)
-        return F.linear(x, self.lm_head)
+        return self.lm_head(x)
 
     def _attend(
         self,
@@ -375,17 +428,27 @@ class CausalLM:
         v_cache.index_copy_(0, step.write_slots, v)
         out = q.new_empty(tokens, heads, hd)
         for decodes in step.decode_groups:
-            n, length, stop = decodes.count, decodes.length, decodes.offset + decodes.count
+            n, length, t = decodes.count, decodes.length, decodes.queries
+            stop = decodes.offset + n * t
             keys = self._gather(self._keys, k_cache, decodes.kv_index)
             values = self._gather(self._values, v_cache, decodes.kv_index)
             keys = keys.view(n, length, kv_heads, hd).transpose(1, 2)
             values = values.view(n, length, kv_heads, hd).transpose(1, 2)
-            # One query per sequence: the heads of a KV group act as that group's queries (no K/V repeat).
-            grouped = q[decodes.offset : stop].view(n, kv_heads, group, hd)
+            # The heads of a KV group act as that group's queries (no K/V repeat); with several tokens
+            # per sequence, query row ``token * group + head`` of each KV head.
+            if t == 1:
+                grouped = q[decodes.offset : stop].view(n, kv_heads, group, hd)
+            else:
+                grouped = q[decodes.offset : stop].view(n, t, kv_heads, group, hd).transpose(1, 2)
+                grouped = grouped.reshape(n, kv_heads, t * group, hd)
             result = F.scaled_dot_product_attention(
                 grouped, keys, values, attn_mask=decodes.mask, scale=scale
             )
-            out[decodes.offset : stop] = result.reshape(n, heads, hd)
+            if t == 1:
+                out[decodes.offset : stop] = result.reshape(n, heads, hd)
+            else:
+                result = result.view(n, kv_heads, t, group, hd).transpose(1, 2)
+                out[decodes.offset : stop] = result.reshape(n * t, heads, hd)
         for chunk in step.prefills:
             stop = chunk.offset + chunk.length
             if chunk.kv_index is None:

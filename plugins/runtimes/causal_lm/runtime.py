@@ -9,7 +9,17 @@ Options (``[options]`` in model.toml):
   (default on CPU: the smaller of 512 MiB and a tenth of physical memory; on CUDA:
   ``gpu_memory_utilization`` of the device, default 0.9, less what the weights and activations use);
 * ``max_model_len``: context length (default the checkpoint's);
-* ``paged``: ``false`` gives one contiguous slot per sequence instead of blocks.
+* ``paged``: ``false`` gives one contiguous slot per sequence instead of blocks;
+* ``quantize``: ``"none"`` (default) or ``"int8"``: int8 weights for every projection, the LM head
+  and the token embeddings. On CPU with float32 activations the products run on fbgemm's dynamic
+  int8 kernel, which also rounds each product's activations to 8 bits; elsewhere (CUDA, other
+  dtypes) the weights are converted inside each product and activations stay as they are
+  (``quantize.py`` has the measurements behind the choice);
+* ``speculative``: set by the core from a model's top-level ``speculative`` table (``ladle.speculative``):
+  the draft checkpoint, its options and ``num_tokens``. The draft is loaded beside the target, its
+  K/V cache mirrors the target's blocks (``bytes_per_token`` counts both), and decoding sequences
+  get up to ``num_tokens`` draft tokens verified per step (``speculative.py``). The draft must have
+  the target's vocabulary and hold at least ``max_model_len`` positions.
 """
 
 from __future__ import annotations
@@ -17,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ladle import (
@@ -35,8 +47,11 @@ from ladle import (
 )
 
 from .config import ModelArgs, read_config
-from .grouping import length_groups
-from .model import CausalLM, DecodeGroup, Prefill, StepInputs, load_weights
+from .inputs import Feed, build_inputs
+from .model import CausalLM, load_weights
+from .quantize import MODES
+from .sampling import sample_rows
+from .speculative import Speculator
 from .tokenizer import CheckpointTokenizer
 
 __all__ = ["CausalLMRuntime", "parse_bytes"]
@@ -50,9 +65,7 @@ DTYPES = {
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _CPU_BUDGET = 512 * 2**20
 _ACTIVATION_RESERVE = 1 << 30  # CUDA memory left for activations when sizing the cache
-# The fixed cost of one more decode attention group, in gathered K/V elements per layer (measured on
-# CPU: one gather pair and one attention call cost about as much as moving this many elements).
-_GROUP_OVERHEAD_ELEMENTS = 32768
+_MAX_DRAFT_TOKENS = 16
 
 
 def parse_bytes(value: object, key: str) -> int:
@@ -70,12 +83,12 @@ def parse_bytes(value: object, key: str) -> int:
     )
 
 
-def _mix(seed: int, index: int) -> int:
-    """A per-token seed from the request seed and the token's index (splitmix64 finaliser)."""
-    z = (seed * 0x9E3779B97F4A7C15 + index + 1) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+def _quantize(value: object, key: str = "quantize") -> str:
+    if not isinstance(value, str) or value not in MODES:
+        raise ConfigError(
+            f"option {key} must be one of {', '.join(repr(m) for m in MODES)}, got {value!r}", key=key
+        )
+    return value
 
 
 class CausalLMRuntime(StepRuntime):
@@ -90,6 +103,7 @@ class CausalLMRuntime(StepRuntime):
         self._tokenizer: CheckpointTokenizer | None = None
         self._cache: CacheSpec | None = None
         self._generator: torch.Generator | None = None
+        self._speculator: Speculator | None = None
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -103,9 +117,10 @@ class CausalLMRuntime(StepRuntime):
             torch.set_num_threads(max(1, self.spec.threads))
         self.args = args = read_config(directory)
         dtype = self._dtype(options.get("dtype", "auto"), device, args)
+        quantize = _quantize(options.get("quantize", "none"))
         self._tokenizer = CheckpointTokenizer(directory, extra_eos=args.eos_token_ids)
         with torch.inference_mode():
-            self.model = CausalLM(args, load_weights(directory, device, dtype), directory)
+            self.model = CausalLM(args, load_weights(directory, device, dtype), directory, quantize)
         max_len = int(options.get("max_model_len", args.max_position_embeddings))
         if not 0 < max_len <= args.max_position_embeddings:
             raise ConfigError(
@@ -119,6 +134,13 @@ class CausalLMRuntime(StepRuntime):
             raise ConfigError(f"option block_size must be positive, got {block_size}")
         element = torch.empty((), dtype=dtype).element_size()
         bytes_per_token = args.bytes_per_token_per_element * element
+        if "speculative" in options:
+            draft = self._load_draft(options["speculative"], device, directory, max_len)
+            self._speculator = draft
+            bytes_per_token += (
+                draft.model.args.bytes_per_token_per_element
+                * torch.empty((), dtype=draft.model.dtype).element_size()
+            )
         budget = self._budget(options, device)
         num_blocks = blocks_for_budget(budget, block_size, bytes_per_token)
         if num_blocks < 1 or num_blocks * block_size < max_len:
@@ -127,8 +149,68 @@ class CausalLMRuntime(StepRuntime):
                 f"sequence of max_model_len={max_len}: raise kv_cache_bytes or lower max_model_len"
             )
         self.model.allocate_cache(num_blocks, block_size)
+        if self._speculator is not None:
+            self._speculator.model.allocate_cache(num_blocks, block_size)
         self._cache = CacheSpec(paged, block_size, num_blocks, max_len, bytes_per_token)
         self._generator = torch.Generator(device=device)
+
+    def _load_draft(self, value: object, device: torch.device, directory: Path, max_len: int) -> Speculator:
+        """The draft model the core resolved for this version (``options.speculative``)."""
+        target = self.spec.model or directory.name
+        if not isinstance(value, Mapping) or not isinstance(value.get("artifact"), str):
+            raise ConfigError(
+                "option speculative is filled in by ladle from the model's top-level table "
+                "speculative = { draft = 'MODEL', num_tokens = 4 }: set that instead",
+                model=target,
+            )
+        name = str(value.get("draft", "draft"))
+        num_tokens = value.get("num_tokens", 4)
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int):
+            raise ConfigError(f"speculative.num_tokens must be an integer, got {num_tokens!r}", model=target)
+        if not 1 <= num_tokens <= _MAX_DRAFT_TOKENS:
+            raise ConfigError(
+                f"speculative.num_tokens must be between 1 and {_MAX_DRAFT_TOKENS}, got {num_tokens}",
+                model=target,
+            )
+        path = Path(value["artifact"])
+        draft_dir = path if path.is_dir() else path.parent
+        options = value.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"the options of draft model {name!r} must be a table", model=target)
+        args = read_config(draft_dir)
+        self._check_vocabulary(draft_dir, name, target)
+        if args.max_position_embeddings < max_len:
+            raise ConfigError(
+                f"draft model {name!r} holds {args.max_position_embeddings} positions, fewer than model "
+                f"{target!r}'s max_model_len={max_len}: lower max_model_len",
+                model=target,
+                draft=name,
+            )
+        dtype = self._dtype(options.get("dtype", "auto"), device, args)
+        quantize = _quantize(options.get("quantize", "none"), f"quantize of draft model {name!r}")
+        with torch.inference_mode():
+            draft = CausalLM(args, load_weights(draft_dir, device, dtype), draft_dir, quantize)
+        assert self.args is not None
+        return Speculator(draft, num_tokens, self.args.vocab_size)
+
+    def _check_vocabulary(self, draft_dir: Path, name: str, target: str) -> None:
+        try:
+            vocabulary = Tokenizer.from_file(str(draft_dir / "tokenizer.json")).get_vocab(
+                with_added_tokens=True
+            )
+        except Exception as exc:  # the library raises its own exception type
+            raise ConfigError(
+                f"draft model {name!r} for model {target!r}: cannot load its tokenizer: {exc}",
+                model=target,
+                draft=name,
+            ) from None
+        if vocabulary != self.tokenizer.library_tokenizer.get_vocab(with_added_tokens=True):
+            raise ConfigError(
+                f"draft model {name!r} does not share model {target!r}'s tokenizer: speculative "
+                "decoding needs the same token ids in both",
+                model=target,
+                draft=name,
+            )
 
     @staticmethod
     def _dtype(value: object, device: torch.device, args: ModelArgs) -> torch.dtype:
@@ -155,23 +237,30 @@ class CausalLMRuntime(StepRuntime):
         return min(_CPU_BUDGET, physical // 10)
 
     def warmup(self) -> None:
-        """One prefill chunk and one decode step through block 0 (overwritten by the first real request)."""
+        """A prefill chunk and a decode step (speculating, with a draft) through the first blocks
+        (overwritten by the first real requests)."""
         spec = self.cache_spec()
+        ahead = min(self.speculative_tokens(), max(0, spec.max_model_len - 10))
         tokens = [0] * min(8, spec.max_model_len - 1)
-        table = list(range(-(-(len(tokens) + 1) // spec.block_size)))
+        table = list(range(min(spec.num_blocks, -(-(len(tokens) + 1 + ahead) // spec.block_size))))
         greedy = SamplingParams(max_tokens=1)
         self.step([StepItem(-1, tokens, 0, table, True, greedy)])
-        self.step([StepItem(-1, [0], len(tokens), table, True, greedy)])
+        self.step([StepItem(-1, [0], len(tokens), table, True, greedy, lookahead=ahead)])
+        self.release_sequence(-1)
 
     def memory_bytes(self) -> int | None:
         if self.model is None or self._cache is None:
             return None
         cache = self._cache
-        return self.model.parameter_bytes() + cache.num_blocks * cache.block_size * cache.bytes_per_token
+        weights = self.model.parameter_bytes()
+        if self._speculator is not None:
+            weights += self._speculator.model.parameter_bytes()
+        return weights + cache.num_blocks * cache.block_size * cache.bytes_per_token
 
     def unload(self) -> None:
         device = self.model.device if self.model is not None else None
         self.model = None
+        self._speculator = None
         if device is not None and device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -188,21 +277,41 @@ class CausalLMRuntime(StepRuntime):
             raise RuntimeError("the runtime is not loaded")
         return self._cache
 
+    def speculative_tokens(self) -> int:
+        return self._speculator.num_tokens if self._speculator is not None else 0
+
+    def release_sequence(self, seq_id: int) -> None:
+        if self._speculator is not None:
+            self._speculator.release(seq_id)
+
     def step(self, items: Sequence[StepItem], copies: Sequence[tuple[int, int]] = ()) -> list[list[int]]:
         model = self.model
-        if model is None:
+        generator = self._generator
+        if model is None or generator is None:
             raise RuntimeError("the runtime is not loaded")
         with torch.inference_mode(), self._attention_backends():
             if copies:
-                self._copy(model, copies)
+                self._copy(copies)
             if not items:
                 return []
-            inputs, sampled = self._inputs(model, items)
+            if self._speculator is not None:
+                return self._speculator.step(model, items, generator)
+            feeds = [
+                Feed(item.tokens, item.start, item.block_table, 1 if item.sample else 0) for item in items
+            ]
+            inputs, rows = build_inputs(model, feeds)
             logits = model.forward(inputs)
-            tokens = self._sample(logits, [items[i] for i in sampled])
+            sampled = [i for i in range(len(items)) if rows[i] >= 0]
+            tokens = sample_rows(
+                logits,
+                [items[i].params for i in sampled],
+                [items[i].seed for i in sampled],
+                [items[i].output_index for i in sampled],
+                generator,
+            )
         results: list[list[int]] = [[] for _ in items]
-        for row, item_index in enumerate(sampled):
-            results[item_index] = [tokens[row]]
+        for i, token in zip(sampled, tokens, strict=True):
+            results[i] = [token]
         return results
 
     # step internals --------------------------------------------------------------------------
@@ -215,113 +324,13 @@ class CausalLMRuntime(StepRuntime):
         backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         return sdpa_kernel(backends)
 
-    def _copy(self, model: CausalLM, copies: Sequence[tuple[int, int]]) -> None:
-        size = model.block_size
+    def _copy(self, copies: Sequence[tuple[int, int]]) -> None:
+        assert self.model is not None
+        size = self.model.block_size
         offsets = np.arange(size, dtype=np.int64)
         pairs = np.asarray(copies, dtype=np.int64)
-        sources = (pairs[:, 0:1] * size + offsets).ravel()
-        targets = (pairs[:, 1:2] * size + offsets).ravel()
-        model.copy_blocks(self._tensor(sources, model), self._tensor(targets, model))
-
-    @staticmethod
-    def _tensor(array: np.ndarray[Any, Any], model: CausalLM) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        return tensor if model.device.type == "cpu" else tensor.to(model.device, non_blocking=True)
-
-    def _inputs(self, model: CausalLM, items: Sequence[StepItem]) -> tuple[StepInputs, list[int]]:
-        """The flat batch: single-token items first (one batched attention), then prefill chunks."""
-        size = model.block_size
-        decode = [i for i, item in enumerate(items) if len(item.tokens) == 1]
-        prefill = [i for i, item in enumerate(items) if len(item.tokens) > 1]
-        ids: list[int] = []
-        positions: list[np.ndarray[Any, Any]] = []
-        writes: list[np.ndarray[Any, Any]] = []
-        sample_rows: list[int] = []
-        sampled: list[int] = []
-        offsets = np.arange(size, dtype=np.int64)
-        inputs = StepInputs(
-            input_ids=torch.empty(0),
-            positions=torch.empty(0),
-            write_slots=torch.empty(0),
-            sample_rows=torch.empty(0),
-            decodes=len(decode),
-        )
-        if decode:
-            decode.sort(key=lambda i: items[i].start)  # by context length: each group is one run of rows
-            starts = np.fromiter((items[i].start for i in decode), dtype=np.int64, count=len(decode))
-            lengths = starts + 1
-            width = int(-(-lengths[-1] // size))
-            table = np.zeros((len(decode), width), dtype=np.int64)
-            for row, i in enumerate(decode):
-                blocks = items[i].block_table
-                used = min(width, len(blocks))
-                table[row, :used] = blocks[:used]
-                ids.append(items[i].tokens[0])
-            slots = (table[:, :, None] * size + offsets).reshape(len(decode), -1)
-            positions.append(starts)
-            writes.append(slots[np.arange(len(decode)), starts])
-            overhead = _GROUP_OVERHEAD_ELEMENTS / (model.args.num_kv_heads * model.args.head_dim)
-            for first, stop in length_groups(lengths.tolist(), overhead):
-                length = int(lengths[stop - 1])
-                index = self._tensor(np.ascontiguousarray(slots[first:stop, :length]).ravel(), model)
-                mask = None
-                if lengths[first] != length:
-                    padded = np.arange(length)[None, :] < lengths[first:stop, None]
-                    mask = self._tensor(padded, model).view(stop - first, 1, 1, length)
-                inputs.decode_groups.append(DecodeGroup(first, stop - first, length, index, mask))
-            for row, i in enumerate(decode):
-                if items[i].sample:
-                    sample_rows.append(row)
-                    sampled.append(i)
-        offset = len(decode)
-        for i in prefill:
-            item = items[i]
-            count = len(item.tokens)
-            start = item.start
-            end = start + count
-            blocks = np.asarray(item.block_table[: -(-end // size)], dtype=np.int64)
-            slots = (blocks[:, None] * size + offsets).ravel()[:end]
-            ids.extend(item.tokens)
-            positions.append(np.arange(start, end, dtype=np.int64))
-            writes.append(slots[start:])
-            kv_index: torch.Tensor | None = None
-            mask: torch.Tensor | None = None
-            if start:
-                kv_index = self._tensor(slots, model)
-                causal = np.arange(end)[None, :] <= np.arange(start, end)[:, None]
-                mask = self._tensor(causal, model)
-            inputs.prefills.append(Prefill(offset, count, start, kv_index, mask))
-            offset += count
-            if item.sample:
-                sample_rows.append(offset - 1)
-                sampled.append(i)
-        inputs.input_ids = self._tensor(np.asarray(ids, dtype=np.int64), model)
-        inputs.positions = self._tensor(np.concatenate(positions), model)
-        inputs.write_slots = self._tensor(np.concatenate(writes), model)
-        inputs.sample_rows = self._tensor(np.asarray(sample_rows, dtype=np.int64), model)
-        return inputs, sampled
-
-    def _sample(self, logits: torch.Tensor, items: Sequence[StepItem]) -> list[int]:
-        if not items:
-            return []
-        chosen: list[int] = logits.argmax(dim=-1).tolist()
-        generator = self._generator
-        assert generator is not None
-        for row, item in enumerate(items):
-            params = item.params
-            if params.greedy:
-                continue
-            scores = logits[row].float() / params.temperature
-            if params.top_k and params.top_k < scores.shape[0]:
-                kth = torch.topk(scores, params.top_k).values[-1]
-                scores = scores.masked_fill(scores < kth, float("-inf"))
-            probabilities = torch.softmax(scores, dim=-1)
-            if params.top_p < 1.0:
-                ordered, indices = torch.sort(probabilities, descending=True)
-                cumulative = torch.cumsum(ordered, dim=-1)
-                drop = cumulative - ordered >= params.top_p  # keep the smallest prefix reaching top_p
-                ordered = ordered.masked_fill(drop, 0.0)
-                probabilities = torch.zeros_like(probabilities).scatter_(0, indices, ordered)
-            generator.manual_seed(_mix(item.seed, item.output_index))
-            chosen[row] = int(torch.multinomial(probabilities, 1, generator=generator).item())
-        return chosen
+        sources = torch.from_numpy((pairs[:, 0:1] * size + offsets).ravel())
+        targets = torch.from_numpy((pairs[:, 1:2] * size + offsets).ravel())
+        models = [self.model] if self._speculator is None else [self.model, self._speculator.model]
+        for model in models:
+            model.copy_blocks(sources.to(model.device), targets.to(model.device))

@@ -1,7 +1,8 @@
 """The fixed scaler: a constant instance count, placed in this host on threads or worker processes.
 
-- The policy's desired count is the version's ``instances`` whatever the load (options:
-  ``instances``, 1-256, default 1).
+- The policy's desired count is constant whatever the load: an operator's count for the version
+  (a deployment's ``resources.replicas``, ``ladle scale``) if one was given, else the policy's
+  ``instances`` option (1-256) if set, else the model's ``instances``.
 - The placement runs each instance on a dedicated thread of the front process or in a worker
   process of its own (one CUDA context each), as the model's ``executor`` says (``"thread"`` or
   ``"process"``). It takes no options.
@@ -33,18 +34,21 @@ __all__ = ["FixedOptions", "FixedPlacement", "FixedPolicy"]
 class FixedOptions(PluginOptions):
     """Options of the fixed policy."""
 
-    instances: int = Field(default=1, ge=1, le=256)
+    instances: int | None = Field(default=None, ge=1, le=256, description="default: the model's")
 
 
 class FixedPolicy(ScalingPolicy):
-    """Desired instances = ``instances``, whatever the metrics say."""
+    """Desired instances = the requested count, else ``instances``, whatever the load."""
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         super().__init__(options)
         self.settings = parse_options(FixedOptions, options, "scaling policy 'fixed'")
 
     def desired(self, metrics: VersionMetrics) -> int:
-        return self.settings.instances
+        if metrics.requested is not None:
+            return metrics.requested
+        fixed = self.settings.instances
+        return fixed if fixed is not None else metrics.configured
 
 
 class FixedPlacement(Placement):

@@ -1,0 +1,333 @@
+"""The job runner: drains the job store through the admission pipeline as low-priority work.
+
+Every active job gets a task that reads its inputs (once, from its input file, into the store),
+then scores its chunks in order through the admission pipeline (``protocol="job"``,
+``Priority.LOW``) and stores each chunk's results as it completes. All jobs together keep at most
+``[jobs] concurrency`` requests in flight, so batch work fills the capacity online traffic leaves
+and the batchers serve online requests first. A starting server resumes its queued and running
+jobs at the chunks that have no results yet; a stopping one calls off what is in flight and
+stores nothing for it, so those chunks run again after the restart.
+
+What a job does per kind (``predict`` records, ``openai`` batch lines) is a ``JobKind``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import httpx
+import orjson
+
+from ..config import JobsSection
+from ..errors import InvalidRequestError, LadleError
+from ..serving import ModelManager
+from .records import InputFileError, RecordChunk, error_body, read_chunks
+from .scoring import PredictScorer, ScoredChunk
+from .store import JobRecord, JobStore
+
+__all__ = ["JobExpiredError", "JobKind", "JobRunner", "PredictJobs", "Scorer"]
+
+logger = logging.getLogger("ladle.jobs")
+
+_T = TypeVar("_T")
+#: Scores one chunk.
+Scorer = Callable[[RecordChunk], Awaitable[ScoredChunk]]
+_CALLBACK_DELAYS = (1.0, 4.0, None)
+
+
+class JobExpiredError(LadleError):
+    """A job's completion window passed: it stops, keeping what was answered."""
+
+    code = "expired"
+
+
+class JobKind(Protocol):
+    """What a kind of job does; ``prepare`` and ``finished`` run in the store's thread."""
+
+    #: Chunks of one job in flight at once.
+    window: int
+
+    def prepare(self, job: JobRecord) -> int:
+        """Read the job's input into the store; returns its record count. Raises a ``LadleError``
+        when the input as a whole is unusable (the job then fails with it)."""
+
+    def scorer(self, job: JobRecord, slots: asyncio.Semaphore) -> Scorer:
+        """How the job's chunks are scored, holding a slot of ``slots`` per request in flight."""
+
+    def finished(self, job: JobRecord) -> None:
+        """After the job succeeded, failed or was cancelled (e.g. write its output files)."""
+
+
+class PredictJobs:
+    """Jobs of predict records (``POST /api/v1/models/{name}/jobs``)."""
+
+    def __init__(self, store: JobStore, manager: ModelManager, settings: JobsSection) -> None:
+        self.store = store
+        self.manager = manager
+        self.settings = settings
+        self.window = max(2, settings.concurrency)
+
+    def _signature(self, job: JobRecord) -> Any:
+        assert job.model is not None
+        endpoint = self.manager.endpoint(job.model)
+        version = endpoint.loaded(job.version) if job.version is not None else endpoint.latest()
+        return version.signature if version is not None else None
+
+    def prepare(self, job: JobRecord) -> int:
+        path = self.store.input_path(job.id)
+        if path is None:  # inline records are stored with the job
+            return job.total or 0
+        signature = self._signature(job)
+        names = [s.name for s in signature.inputs] if signature is not None else []
+        limit = self.settings.max_records
+
+        def chunks() -> Iterator[tuple[int, int, bytes, dict[int, str]]]:
+            for chunk in read_chunks(Path(path), job.chunk_size, input_names=names):
+                if chunk.start + chunk.count > limit:
+                    raise InputFileError(
+                        f"input file {job.input_name!r}: record {limit + 1}: more than the "
+                        f"{limit} records a job may hold ([jobs] max_records)",
+                        max_records=limit,
+                    )
+                records = chunk.records if chunk.arrays is None else _rows(chunk)
+                blob = orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY)
+                yield chunk.start, chunk.count, blob, chunk.errors
+
+        try:
+            return self.store.add_inputs(job.id, chunks())
+        except OSError as exc:
+            raise InputFileError(f"input file {job.input_name!r} cannot be read: {exc.strerror}") from None
+
+    def scorer(self, job: JobRecord, slots: asyncio.Semaphore) -> Scorer:
+        assert job.model is not None
+        inline = self.store.input_path(job.id) is None
+        timeout = job.params.get("timeout_ms")
+        scorer = PredictScorer(
+            self.manager.admission,
+            job.model,
+            version=job.version,
+            signature=self._signature(job),
+            position=("index", 0) if inline else ("line", 1),
+            timeout=float(timeout) / 1000 if timeout else self.settings.request_timeout,
+            routing_key=job.params.get("routing_key"),
+        )
+
+        async def score(chunk: RecordChunk) -> ScoredChunk:
+            async with slots:
+                return await scorer.score(chunk)
+
+        return score
+
+    def finished(self, job: JobRecord) -> None:
+        return None
+
+
+def _rows(chunk: RecordChunk) -> list[Any]:
+    assert chunk.arrays is not None
+    columns = {name: array.tolist() for name, array in chunk.arrays.items()}
+    return [{name: column[i] for name, column in columns.items()} for i in range(chunk.count)]
+
+
+class JobRunner:
+    """Runs the jobs of one server (see the module docstring)."""
+
+    def __init__(
+        self, store: JobStore, manager: ModelManager, settings: JobsSection, kinds: dict[str, JobKind]
+    ) -> None:
+        self.store = store
+        self.manager = manager
+        self.settings = settings
+        self.kinds = kinds
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="ladle-jobs")
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def io(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run a store call in the store's own thread (SQLite waits never block the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
+
+    # lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume the queued and running jobs, deliver callbacks left pending, start the sweeper."""
+        for job in await self.io(self.store.active_jobs):
+            self.submit(job.id)
+        for job in await self.io(self.store.pending_callbacks):
+            self._spawn(self._notify(job))
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def close(self) -> None:
+        """Call off every job task (their jobs stay active and resume at the next start)."""
+        self._closed = True
+        tasks = [*self._tasks.values(), *self._background]
+        if self._sweeper is not None:
+            tasks.append(self._sweeper)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._io.shutdown(wait=True)
+        self.store.close()
+
+    def submit(self, job_id: str) -> None:
+        """Start (or resume) running a stored job."""
+        if self._closed or job_id in self._tasks:
+            return
+        task = asyncio.get_running_loop().create_task(self._run(job_id), name=f"ladle-job-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Cancel an active job: nothing more of it is scored; what was scored is kept."""
+        task = self._tasks.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        job = await self.io(self._finish, job_id, "cancelled", None)
+        if job is not None and job.status == "cancelled":
+            self._after(job)
+        return job
+
+    # running a job -----------------------------------------------------------------------------
+
+    def _finish(self, job_id: str, status: str, error: dict[str, Any] | None) -> JobRecord | None:
+        job = self.store.finish(job_id, status, retention=self.settings.retention, error=error)
+        if job is not None and job.status == status:
+            kind = self.kinds.get(job.kind)
+            if kind is not None:
+                kind.finished(job)
+        return job
+
+    async def _models_loaded(self) -> None:
+        while self.manager.loading:
+            await asyncio.sleep(0.05)
+
+    async def _run(self, job_id: str) -> None:
+        job = await self.io(self.store.job, job_id)
+        if job is None or job.finished:
+            return
+        status, error = "succeeded", None
+        try:
+            await self._models_loaded()
+            kind = self.kinds.get(job.kind)
+            if kind is None:
+                raise InvalidRequestError(f"this server runs no {job.kind!r} jobs")
+            if job.total is None:
+                await self.io(kind.prepare, job)
+            running = await self.io(self.store.mark_running, job_id)
+            if running is None or running.finished:
+                return
+            await self._chunks(running, kind)
+        except asyncio.CancelledError:
+            raise
+        except JobExpiredError as exc:
+            status, error = "cancelled", error_body(exc)
+        except LadleError as exc:
+            status, error = "failed", error_body(exc)
+        except Exception as exc:  # a bug: the job fails with it, the server goes on
+            logger.exception("job %s failed", job_id)
+            status, error = (
+                "failed",
+                {"message": f"internal error: {type(exc).__name__}", "code": "internal_error"},
+            )
+        finished = await self.io(self._finish, job_id, status, error)
+        if finished is not None and finished.status == status:
+            self._after(finished)
+
+    async def _chunks(self, job: JobRecord, kind: JobKind) -> None:
+        assert job.total is not None
+        scorer = kind.scorer(job, self._slots)
+        scored = await self.io(self.store.scored_starts, job.id)
+        pending: set[asyncio.Task[None]] = set()
+
+        async def run(chunk: RecordChunk) -> None:
+            result = await scorer(chunk)
+            await self.io(
+                self.store.save_result,
+                job.id,
+                result.start,
+                result.count,
+                result.failed,
+                result.output,
+                result.errors,
+            )
+
+        try:
+            deadline = job.params.get("deadline_at")
+            for start in range(0, job.total, job.chunk_size):
+                if start in scored:
+                    continue
+                if deadline is not None and time.time() > deadline:
+                    raise JobExpiredError(f"job {job.id} did not finish within its completion window")
+                while len(pending) >= kind.window:
+                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    pending -= done
+                    for task in done:
+                        task.result()  # a failure fails the job
+                records, errors = await self.io(self.store.input_chunk, job.id, start)
+                count = min(job.chunk_size, job.total - start)
+                if len(records) != count:
+                    raise InvalidRequestError(f"job {job.id}: the inputs of records from {start} are missing")
+                pending.add(
+                    asyncio.get_running_loop().create_task(run(RecordChunk(start, count, records, errors)))
+                )
+            if pending:
+                await asyncio.gather(*pending)
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    # after a job -------------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _after(self, job: JobRecord) -> None:
+        if job.callback_url and job.callback_state == "pending" and not self._closed:
+            self._spawn(self._notify(job))
+
+    async def _notify(self, job: JobRecord) -> None:
+        """POST the finished job to its callback URL (a few tries; redirects are not followed)."""
+        assert job.callback_url is not None
+        body = orjson.dumps(job.describe())
+        state = "failed"
+        async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
+            for delay in _CALLBACK_DELAYS:
+                try:
+                    response = await client.post(
+                        job.callback_url, content=body, headers={"content-type": "application/json"}
+                    )
+                    if response.is_success:
+                        state = "sent"
+                        break
+                    logger.warning("callback of job %s answered %d", job.id, response.status_code)
+                except httpx.HTTPError as exc:
+                    logger.warning("callback of job %s failed: %s", job.id, exc)
+                if delay is not None:
+                    await asyncio.sleep(delay)
+        await self.io(self.store.set_callback_state, job.id, state)
+
+    async def _sweep(self) -> None:
+        """Delete expired jobs and files now and then."""
+        interval = min(self.settings.retention / 4, 600.0)
+        while True:
+            try:
+                await self.io(self.store.delete_expired, time.time())
+            except Exception:  # a locked or full disk must not stop the runner
+                logger.exception("deleting expired jobs failed")
+            await asyncio.sleep(interval)

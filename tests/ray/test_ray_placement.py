@@ -1,0 +1,197 @@
+"""The ray placement (ladle.plugins.scalers.ray): each instance a Ray actor rebuilt from its spec.
+
+Every test runs on the session's local Ray (``conftest.ray_session``, 2 CPUs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ladle import (
+    Batch,
+    BatchItem,
+    ConfigError,
+    DeadlineExceededError,
+    InstanceFailedError,
+    InstanceState,
+    LadleError,
+    ModelConfig,
+    ModelNotReadyError,
+    PluginHost,
+    RuntimeFailureError,
+    RuntimeSpec,
+)
+from ladle.plugins.scalers.ray.placement import RayPlacement
+
+SPEC = RuntimeSpec("probe", ".", model="m", version="1")
+
+
+def host() -> PluginHost:
+    plugins = PluginHost()
+    plugins.add_module("ray_probe")  # by module name: the actor imports it again
+    return plugins.discover()
+
+
+def config(**placement: Any) -> ModelConfig:
+    return ModelConfig(placement={"name": "ray", **placement})
+
+
+def batch(*rows: float, deadline: float | None = None) -> Batch:
+    x = np.array([[value, 1.0, 2.0] for value in rows], dtype=np.float32)
+    items = [BatchItem(f"r{i}", 1, {}, deadline) for i in range(len(rows))]
+    return Batch({"x": x}, items)
+
+
+def _cpus_in_use(ray: Any) -> float:
+    return float(ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0))
+
+
+def run(scenario: Callable[[RayPlacement], Coroutine[Any, Any, None]], **options: Any) -> None:
+    async def main() -> None:
+        placement = RayPlacement(options, host())
+        try:
+            await scenario(placement)
+        finally:
+            await placement.close()
+
+    asyncio.run(main())
+
+
+def test_an_instance_runs_in_an_actor_rebuilt_from_its_spec(ray_session: Any) -> None:
+    async def scenario(placement: RayPlacement) -> None:
+        instance = placement.create(SPEC, 0, config())
+        await instance.start()
+        try:
+            assert instance.state is InstanceState.READY
+            small = batch(1.0, 2.0)
+            first, second = await instance.execute(small)
+            assert isinstance(first, dict) and isinstance(second, dict)
+            np.testing.assert_array_equal(first["y"], small.inputs["x"][:1] * 2)
+            np.testing.assert_array_equal(second["y"], small.inputs["x"][1:] * 2)
+            actor_pid = int(first["pid"][0])
+            assert actor_pid != os.getpid() and actor_pid == instance.executor.pid
+            # 20,000 rows (240 kB) go by the object store, not inline with the call
+            big = Batch({"x": np.random.rand(20_000, 3).astype(np.float32)}, [BatchItem("big", 20_000)])
+            (result,) = await instance.execute(big)
+            assert isinstance(result, dict)
+            np.testing.assert_allclose(result["y"], big.inputs["x"] * 2)
+            described = placement.describe()
+            assert described["ray"]["mode"] == "existing"  # the session's Ray: not ours to shut down
+            (actor,) = described["actors"]
+            assert actor["pid"] == actor_pid and actor["num_cpus"] == 1.0 and actor["num_gpus"] == 0.0
+            assert instance.describe()["runtime"]["ray_pid"] == actor_pid
+        finally:
+            await instance.stop(1)
+        assert placement.describe()["actors"] == []
+
+    run(scenario)
+
+
+def test_a_failing_item_fails_alone_and_expired_items_are_skipped(ray_session: Any) -> None:
+    async def scenario(placement: RayPlacement) -> None:
+        instance = placement.create(SPEC, 0, config())
+        await instance.start()
+        try:
+            good, bad = await instance.execute(batch(3.0, -1.0))
+            assert isinstance(good, dict) and float(good["y"][0, 0]) == 6.0
+            assert isinstance(bad, RuntimeFailureError) and "asked to fail" in bad.message
+            # the deadline crosses as time left, and the actor skips what expired before it ran
+            (late,) = await instance.execute(batch(1.0, deadline=time.monotonic() - 0.01))
+            assert isinstance(late, DeadlineExceededError)
+            (in_time,) = await instance.execute(batch(1.0, deadline=time.monotonic() + 30))
+            assert isinstance(in_time, dict)
+        finally:
+            await instance.stop(1)
+
+    run(scenario)
+
+
+def test_model_options_reach_the_actor(ray_session: Any) -> None:
+    async def scenario(placement: RayPlacement) -> None:
+        chosen = config(num_cpus=0.5, runtime_env={"env_vars": {"PROBE_MARK": "7"}})
+        instance = placement.create(SPEC, 0, chosen)
+        await instance.start()
+        try:
+            (result,) = await instance.execute(batch(1.0))
+            assert isinstance(result, dict) and float(result["mark"][0]) == 7.0
+            # the only actor on the cluster holds half a CPU (an earlier test's may take a moment to go)
+            deadline = time.monotonic() + 20
+            while (used := _cpus_in_use(ray_session)) != 0.5:
+                assert time.monotonic() < deadline, f"{used} CPUs in use"
+                await asyncio.sleep(0.1)
+        finally:
+            await instance.stop(1)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [({"num_gpus": -1}, "num_gpus"), ({"num_cpu": 1}, "num_cpu"), ({"runtime_env": "x"}, "runtime_env")],
+)
+def test_bad_model_options_are_config_errors_naming_the_option(options: dict[str, Any], key: str) -> None:
+    placement = RayPlacement({}, host())
+    with pytest.raises(ConfigError, match=key) as caught:
+        placement.create(SPEC, 0, config(**options))
+    assert "placement 'ray' of model 'm'" in caught.value.message
+
+
+def test_bad_server_options_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="load_timeout"):
+        RayPlacement({"load_timeout": 0}, host())
+    with pytest.raises(ConfigError, match="adress"):
+        RayPlacement({"adress": "auto"}, host())
+
+
+def test_an_actor_the_cluster_cannot_place_fails_its_instance_in_bounded_time(ray_session: Any) -> None:
+    async def scenario(placement: RayPlacement) -> None:
+        instance = placement.create(SPEC, 0, config(num_cpus=64))
+        started = time.monotonic()
+        with pytest.raises(InstanceFailedError, match=r"not placed and loaded within 2 s.*64 CPUs"):
+            await instance.start()
+        assert time.monotonic() - started < 30
+        assert instance.state is InstanceState.FAILED
+
+    run(scenario, load_timeout=2)
+
+
+def test_a_killed_actor_fails_its_instance_and_a_replacement_serves(ray_session: Any) -> None:
+    async def scenario(placement: RayPlacement) -> None:
+        instance = placement.create(SPEC, 0, config())
+        await instance.start()
+        ray_session.kill(instance.executor.actor, no_restart=True)  # the way a lost node looks
+        with pytest.raises(InstanceFailedError, match="died"):
+            await instance.execute(batch(1.0))
+        assert instance.state is InstanceState.FAILED
+        with pytest.raises(ModelNotReadyError):
+            await instance.execute(batch(1.0))
+        await instance.stop(1)
+        # what the supervisor does: a new instance at the same index, from the same spec
+        replacement = placement.create(SPEC, 0, config())
+        await replacement.start()
+        try:
+            (result,) = await replacement.execute(batch(2.0))
+            assert isinstance(result, dict) and float(result["y"][0, 0]) == 4.0
+            assert int(result["pid"][0]) != instance.executor.pid
+        finally:
+            await replacement.stop(1)
+
+    run(scenario)
+
+
+def test_a_runtime_that_fails_to_load_reports_why(ray_session: Any) -> None:
+    async def scenario(placement: RayPlacement) -> None:
+        spec = RuntimeSpec("probe", ".", model="m", version="1", options={"fail_load": True})
+        instance = placement.create(spec, 0, config())
+        with pytest.raises(LadleError, match="asked not to load"):
+            await instance.start()
+        assert instance.state is InstanceState.FAILED
+
+    run(scenario)
