@@ -318,8 +318,6 @@ class PluginHost:
                     ep.name, ep.value, version, "failed", f"{type(exc).__name__}: {exc}", distribution=dist
                 )
                 continue
-            if self.pm.is_registered(module):
-                continue  # already added by module name (``[plugins] modules``, a test): one plugin, once
             self.add_plugin(module, ep.name, source=ep.value, version=version, distribution=dist)
         return self.collect()
 
@@ -330,6 +328,8 @@ class PluginHost:
         if name in self.disabled:
             self.records[name] = PluginRecord(name, source, version, "disabled")
             return
+        if self.pm.is_registered(plugin):
+            return  # already loaded under its entry-point name: one plugin, once
         if name in self.records and self.records[name].status == "loaded":
             raise DuplicatePluginError(
                 f"two plugins are named {name!r}: {self.records[name].source} and {source}", plugin=name

@@ -81,6 +81,21 @@ def test_builtin_plugins_are_found_through_entry_points() -> None:
     assert registration.detect is not None
 
 
+@pytest.mark.parametrize("module_first", [True, False])
+def test_a_builtin_also_added_by_module_name_is_one_plugin(module_first: bool) -> None:
+    """A worker process adds its plugins by module name and discovers entry points, in either order."""
+    host = PluginHost()
+    if module_first:
+        host.add_module("ladle.plugins.scalers.mps")
+    host.discover()
+    if not module_first:
+        host.add_module("ladle.plugins.scalers.mps")
+    host.collect()
+    loaded = [r for r in host.records.values() if r.source == "ladle.plugins.scalers.mps"]
+    assert [r.status for r in loaded] == ["loaded"]
+    assert host.get("placement", "mps").plugin == loaded[0].name
+
+
 def test_every_builtin_plugin_loads() -> None:
     """Registration modules import no framework, so a built-in that fails to load is a bug."""
     builtin = {

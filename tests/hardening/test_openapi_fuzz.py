@@ -198,6 +198,20 @@ V2_INPUT = st.one_of(
 NEAR_VALID = {
     "V2InferenceRequest": st.fixed_dictionaries({"inputs": st.lists(V2_INPUT, min_size=1, max_size=2)}),
     "PredictRequest": NEAR_ROWS.map(lambda rows: {"inputs": [{"x": row} for row in rows]}),
+    "ChatCompletionRequest": st.fixed_dictionaries(
+        {
+            "messages": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "role": st.sampled_from(["user", "system", "assistant", "x"]),
+                        "content": st.text(max_size=8),
+                    }
+                ),
+                max_size=2,
+            )
+        },
+        optional={"max_tokens": st.integers(-1, 4), "temperature": st.floats(-1, 3), "stream": st.booleans()},
+    ),
 }
 
 

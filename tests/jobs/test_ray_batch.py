@@ -4,6 +4,7 @@ and resumes alike. Runs only where Ray Data is installed (``ladle[ray]``)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -11,18 +12,11 @@ import pytest
 from ladle.cli import main
 from ladle.testing.models import breast_cancer, build_xgboost
 
-ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> None:
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-
-
 def test_ray_resumes_and_writes_byte_for_byte_what_ladle_batch_writes(
-    tmp_path: Path, local_ray: None
+    tmp_path: Path, ray_session: Any
 ) -> None:
     build_xgboost(tmp_path / "models" / "bc" / "1", file_name="model.ubj")
     features, _ = breast_cancer()

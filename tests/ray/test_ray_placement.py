@@ -1,6 +1,6 @@
 """The ray placement (ladle.plugins.scalers.ray): each instance a Ray actor rebuilt from its spec.
 
-Every test runs on the session's local Ray (``conftest.ray_session``, 2 CPUs).
+Every test runs on the session's local Ray (``tests/conftest.py``'s ``ray_session``, 2 CPUs).
 """
 
 from __future__ import annotations
