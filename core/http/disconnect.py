@@ -5,9 +5,13 @@ request just to wait would cost more than the rest of a fast request. So request
 two generations swapped by one timer tick: a request still unanswered one to two ticks after it
 arrived gets a task that waits for ``http.disconnect`` and then abandons the request
 (``CancelSignal.abandon``: the admission pipeline cancels its future or aborts its stream).
-Requests answered within a tick never cost a task; a stream is watched from its first byte. Once
-the answer is out (``CancelSignal.finish``), the server's own ``http.disconnect`` (which ASGI
-servers send when the response completes) ends a waiting task without effect.
+Requests answered within a tick never cost a task, and leave the watch as they are answered
+(``DisconnectWatch.done``): holding an answered request until the next tick would keep its whole
+connection state alive long enough for the garbage collector to promote it, and at thousands of
+requests a second the full collections that follow cost more than everything else here. A stream
+is watched from its first byte. Once the answer is out (``CancelSignal.finish``), the server's own
+``http.disconnect`` (which ASGI servers send when the response completes) ends a waiting task
+without effect.
 """
 
 from __future__ import annotations
@@ -19,9 +23,6 @@ from starlette.types import Receive
 from ..envelope import CancelSignal
 
 __all__ = ["DisconnectWatch", "watch_now"]
-
-Tracked = tuple[Receive, CancelSignal]
-
 
 def watch_now(receive: Receive, cancel: CancelSignal) -> asyncio.Task[None]:
     """Wait for the client to go away from now on (long answers: streams)."""
@@ -41,29 +42,29 @@ class DisconnectWatch:
 
     def __init__(self, tick: float = 0.025) -> None:
         self.tick = tick
-        #: Requests that arrived since the last tick: the caller appends ``(receive, cancel)`` once the
-        #: body is read (one receiver at a time), then calls ``start`` when ``timer`` is ``None``.
-        self.young: list[Tracked] = []
-        self._old: list[Tracked] = []
-        self.timer: asyncio.TimerHandle | None = None
+        #: Requests that arrived since the last tick, and those of the tick before.
+        self._young: dict[CancelSignal, Receive] = {}
+        self._old: dict[CancelSignal, Receive] = {}
+        self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def track(self, receive: Receive, cancel: CancelSignal) -> None:
-        """Watch a request whose body has been read, until ``cancel.finish()``."""
-        self.young.append((receive, cancel))
-        if self.timer is None:
-            self.start()
+        """Watch a request whose body has been read (one receiver at a time), until ``done``."""
+        self._young[cancel] = receive
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.tick, self._rotate)
 
-    def start(self) -> None:
-        self.timer = asyncio.get_running_loop().call_later(self.tick, self._rotate)
+    def done(self, cancel: CancelSignal) -> None:
+        """The request's answer is ready: stop watching it."""
+        if self._young.pop(cancel, None) is None:
+            self._old.pop(cancel, None)
 
     def _rotate(self) -> None:
-        for receive, cancel in self._old:
-            if not cancel.finished:
-                task = watch_now(receive, cancel)
-                self._tasks.add(task)  # held until done: the loop keeps only weak references
-                task.add_done_callback(self._tasks.discard)
-        self._old, self.young = self.young, []
-        self.timer = None
+        for cancel, receive in self._old.items():
+            task = watch_now(receive, cancel)
+            self._tasks.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._tasks.discard)
+        self._old, self._young = self._young, {}
+        self._timer = None
         if self._old:
-            self.start()
+            self._timer = asyncio.get_running_loop().call_later(self.tick, self._rotate)

@@ -164,10 +164,11 @@ class FastPath:
             try:
                 body = await self._body(headers, receive)
                 watch = self.watch  # tracked only once the body is read: one receiver at a time
-                watch.young.append((receive, cancel))
-                if watch.timer is None:
-                    watch.start()
-                status, content, reply_headers = await handler(model, version, body, headers, cancel)
+                watch.track(receive, cancel)
+                try:
+                    status, content, reply_headers = await handler(model, version, body, headers, cancel)
+                finally:
+                    watch.done(cancel)
             except LadleError as exc:
                 if not exc.counted and self.refused is not None:
                     self.refused(model or "", protocol, exc)  # refused before the admission pipeline
