@@ -210,7 +210,8 @@ def decode_request(body: bytes, header_length: int | None, max_values: int = MAX
         binary = None
     header = parse_json(text, max_values)
     # numpy reads null as NaN and true as 1: look closer only when the text holds such a literal
-    suspect = b"null" in text or b"true" in text or b"false" in text
+    # (one byte is found faster than a word; null and false hold an "l", true an "r")
+    suspect = (b"l" in text and (b"null" in text or b"false" in text)) or (b"r" in text and b"true" in text)
     if not isinstance(header, dict):
         raise InvalidRequestError("request body must be a JSON object")
     specs = header.get("inputs")
