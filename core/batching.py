@@ -125,6 +125,9 @@ class Batcher(ABC):
     enforces_deadlines: ClassVar[bool] = False
     #: True when the batcher generates: ``stream`` takes requests with a generation payload.
     streams: ClassVar[bool] = False
+    #: Set by the telemetry layer on a batcher that ``streams``: called once per generation step with
+    #: that step's times to first token and between tokens (seconds).
+    timing: Callable[[list[float], list[float]], None] | None = None
 
     def __init__(
         self,
@@ -177,6 +180,12 @@ class Batcher(ABC):
     async def release(self, instance: Instance, timeout: float) -> None:  # noqa: B027 - optional hook
         """``instance`` left the replica set and is about to stop: finish (within ``timeout``) the work
         this batcher runs on it outside ``Instance.execute`` — a generation engine beside it, say."""
+
+    def stats(self) -> list[dict[str, float]]:
+        """Counters of each generation engine, one mapping per engine (steps, tokens, preemptions,
+        cache use: the fields ``ladle_generation_*`` gauges read); empty for a batcher that does
+        not generate."""
+        return []
 
     def predicted_wait(self, priority: Priority = Priority.NORMAL) -> float | None:
         """Seconds a request of ``priority`` arriving now would wait for its answer (``None``: the

@@ -16,19 +16,20 @@ by the table before a change or the one after, and a version leaves the table be
 
 The concepts it draws on live beside it: the history (``events``), which router a split needs
 (``router_policy``), guarded rollouts (``rollout_runner``, ``rollout``), restoring and seeding the
-store (``restore``), and the delivery stages of each model (``delivery``).
+store (``restore``), the delivery stages of each model (``delivery``), and what it answers about a
+model (``views``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..config import ServerConfig
@@ -39,21 +40,24 @@ from ..routing import RoutingTable
 from ..serving import ModelEndpoint, ModelManager
 from ..splits import normalise_weights
 from .delivery import Delivery
-from .errors import ConflictError, UnknownRequestError
-from .events import EventLog, iso_time
+from .errors import ConflictError
+from .events import EventLog
 from .resilience import ResiliencePolicy
-from .resources import DeploymentResources, check_gpu, parse_resources, stored_resources, versions_view
+from .resources import DeploymentResources, check_gpu, parse_resources, stored_resources
 from .restore import StoreSync, config_resilience, message_of
 from .rollout import GuardedRollout, RolloutPlan
 from .rollout_runner import RolloutRunner, rollout_record
 from .router_policy import RouterChoice, RouterPolicy, current_split, scaled, version_status, write_split
 from .store import DeploymentStore, RolloutRecord, Transaction
+from .views import DeploymentViews
 
 if TYPE_CHECKING:
     from ..fronts import FrontLink
     from ..scaling_loop import ScalingLoop
 
 __all__ = ["DeploymentController", "DeploymentFailedError", "DeploymentOptions", "RouterChoice"]
+
+logger = logging.getLogger(__name__)
 
 
 class DeploymentFailedError(ClientError):
@@ -73,7 +77,7 @@ class DeploymentOptions(BaseModel):
     resilience: ResiliencePolicy | None = None
 
 
-class DeploymentController(RolloutRunner, StoreSync):
+class DeploymentController(RolloutRunner, StoreSync, DeploymentViews):
     """Deploys versions, shifts traffic, rolls back and runs guarded rollouts for one server."""
 
     def __init__(self, manager: ModelManager, config: ServerConfig | None = None) -> None:
@@ -488,125 +492,6 @@ class DeploymentController(RolloutRunner, StoreSync):
             if record.version in endpoint.versions:
                 await self.scaling.scale(record.model, record.version, wanted.replicas)
 
-    def feedback(self, model: str, request_id: str, label: Any) -> dict[str, Any]:
-        """Record the true label of a served request, for the accuracy guard of a running rollout."""
-        self.manager.endpoint(model)
-        delivery = self.deliveries.get(model)
-        predictions = delivery.predictions if delivery is not None else None
-        if delivery is None or predictions is None or delivery.samples is None:
-            return {"recorded": False, "reason": f"no rollout of model {model!r} is judging accuracy now"}
-        entry = predictions.pop(request_id, None)
-        if entry is None:
-            raise UnknownRequestError(
-                f"request {request_id!r} of model {model!r} is unknown or too old for feedback",
-                request_id=request_id,
-            )
-        version, predicted = entry
-        try:
-            labels = np.asarray(label).reshape(-1)
-        except (TypeError, ValueError):
-            raise InvalidRequestError("label must be a value or a list with one value per row") from None
-        if labels.size == 1 and predicted.size > 1:
-            labels = np.repeat(labels, predicted.size)
-        if labels.shape != predicted.shape or labels.dtype.kind not in "iufb":
-            raise InvalidRequestError(
-                f"label must be a number or {predicted.size} numbers (one per row)", rows=int(predicted.size)
-            )
-        correct = int(np.count_nonzero(labels == predicted))
-        samples = delivery.samples.get(version)
-        if samples is not None:
-            samples.record_label(correct, int(predicted.size))
-        return {
-            "recorded": samples is not None,
-            "version": version,
-            "correct": correct,
-            "rows": int(predicted.size),
-        }
-
-    # reads --------------------------------------------------------------------------------------
-
-    async def describe(self, model: str, *, history: bool = True, limit: int = 50) -> dict[str, Any]:
-        """The state of one model: traffic, versions, router, rollout, data-path figures, history."""
-        endpoint = self.manager.models.get(model)
-        store = self.store
-        records = await asyncio.to_thread(store.deployments, model) if store is not None else []
-        if endpoint is None and not records:
-            check_name("model", model)
-            raise ModelNotFoundError(
-                f"model {model!r} is not deployed", model=model, available=sorted(self.manager.models)
-            )
-        traffic = current_split(endpoint) if endpoint is not None else {}
-        versions: dict[str, dict[str, Any]] = {}
-        for record in records:
-            versions[record.version] = {
-                "version": record.version,
-                "status": record.status,
-                "traffic": traffic.get(record.version, 0.0),
-                "loaded": endpoint is not None and record.version in endpoint.versions,
-                "ready": bool(
-                    endpoint
-                    and record.version in endpoint.versions
-                    and endpoint.versions[record.version].ready
-                ),
-                "deployed_at": iso_time(record.deployed_at),
-                "options": record.options,
-            }
-        if endpoint is not None:
-            for version, served in endpoint.versions.items():
-                versions.setdefault(
-                    version,
-                    {
-                        "version": version,
-                        "status": version_status(version, traffic, None),
-                        "traffic": traffic.get(version, 0.0),
-                        "loaded": True,
-                        "ready": served.ready,
-                    },
-                )
-        rollout = self.rollouts.get(model)
-        ordered = sorted(versions.values(), key=lambda v: version_key(v["version"]))
-        described: dict[str, Any] = {
-            "name": model,
-            "mode": self.mode,
-            "router": endpoint.router_name if endpoint is not None else None,
-            "traffic": traffic,
-            "versions": ordered,
-            "deployments": versions_view(
-                model, ordered, endpoint, records, self.scaling, self._deploying, traffic
-            ),
-            "rollout": rollout.describe() if rollout is not None else None,
-        }
-        if rollout is None and store is not None:
-            saved = await asyncio.to_thread(store.rollout, model)
-            if saved is not None:
-                described["rollout"] = {
-                    "canary": saved.canary,
-                    "stable": saved.stable,
-                    "state": saved.state,
-                    "step": saved.step,
-                    "reason": saved.reason,
-                }
-        delivery = self.deliveries.get(model)
-        if delivery is not None:
-            described["delivery"] = delivery.describe()
-        elif endpoint is not None and (figures := endpoint.router.describe()):
-            described["delivery"] = {"router": figures}
-        if history:
-            described["history"] = await self.history(model, limit)
-        return described
-
-    async def describe_all(self) -> dict[str, Any]:
-        names = set(self.manager.models)
-        if self.store is not None:
-            names.update(m.name for m in await asyncio.to_thread(self.store.models))
-        return {
-            "mode": self.mode,
-            "models": [await self.describe(name, history=False) for name in sorted(names)],
-        }
-
-    async def history(self, model: str, limit: int = 50) -> dict[str, Any]:
-        return await self.events.history(model, limit)
-
     # helpers ------------------------------------------------------------------------------------
 
     async def _load(self, model: str, version: str, instances: int | None = None) -> None:
@@ -679,8 +564,10 @@ class DeploymentController(RolloutRunner, StoreSync):
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from None
         except Exception as exc:
+            logger.exception("deployment store %s: a change could not be recorded", store.path)
             raise RuntimeFailureError(
-                f"deployment store {store.path}: the change could not be recorded and was not applied: {exc}"
+                "the deployment store could not record the change, so it was not applied "
+                f"({type(exc).__name__}; the server log has the details)"
             ) from exc
 
     async def _commit_failed_load(self, model: str, version: str, error: LadleError) -> None:

@@ -41,6 +41,7 @@ from .responses import error_response, json_response
 
 __all__ = ["create_app"]
 
+
 async def _ladle_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LadleError)
     return error_response(exc, request=request)

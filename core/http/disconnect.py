@@ -24,6 +24,7 @@ from ..envelope import CancelSignal
 
 __all__ = ["DisconnectWatch", "watch_now"]
 
+
 def watch_now(receive: Receive, cancel: CancelSignal) -> asyncio.Task[None]:
     """Wait for the client to go away from now on (long answers: streams)."""
     return asyncio.get_running_loop().create_task(_wait(receive, cancel))

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .stats import StatsRegistry, version_attributes
+
+if TYPE_CHECKING:
+    from ..batching import Batcher
 
 __all__ = ["GENERATION_GAUGES", "register_generation_gauges"]
 
@@ -83,26 +86,23 @@ _FIELDS = (
 )
 
 
-def register_generation_gauges(stats: StatsRegistry, model: str, version: str, batcher: Any) -> bool:
-    """Register the gauges when ``batcher`` has engine ``stats()``, and the latency histograms when it
-    takes a ``timing`` sink (fed once per step); returns whether it did."""
-    read = getattr(batcher, "stats", None)
-    if not callable(read):
+def register_generation_gauges(stats: StatsRegistry, model: str, version: str, batcher: Batcher) -> bool:
+    """Register the gauges and latency histograms of a batcher that ``streams`` (its ``stats()`` and
+    its ``timing`` sink, fed once per step); returns whether it did."""
+    if not batcher.streams:
         return False
-    if hasattr(batcher, "timing"):
-        ttft = stats.histogram_family(
-            "ladle.generation.time_to_first_token", "s", "time from arrival to the first generated token"
-        )
-        itl = stats.histogram_family(
-            "ladle.generation.inter_token_latency", "s", "time between generated tokens"
-        )
+    read = batcher.stats
+    ttft = stats.histogram_family(
+        "ladle.generation.time_to_first_token", "s", "time from arrival to the first generated token"
+    )
+    itl = stats.histogram_family("ladle.generation.inter_token_latency", "s", "time between generated tokens")
 
-        def timing(first: list[float], gaps: list[float]) -> None:
-            now = time.monotonic()
-            ttft.record(model, version, first, now)
-            itl.record(model, version, gaps, now)
+    def timing(first: list[float], gaps: list[float]) -> None:
+        now = time.monotonic()
+        ttft.record(model, version, first, now)
+        itl.record(model, version, gaps, now)
 
-        batcher.timing = timing
+    batcher.timing = timing
     cache: dict[str, Any] = {"at": -1.0, "sums": {}}
 
     def sums() -> Mapping[str, float]:
