@@ -26,9 +26,10 @@ from typing import Any
 
 import orjson
 
-from ..errors import ConfigError
+from ..sqlite_file import open_sqlite
 
 __all__ = [
+    "MIGRATIONS",
     "SCHEMA_VERSION",
     "DeploymentRecord",
     "DeploymentStore",
@@ -40,7 +41,7 @@ __all__ = [
     "Transaction",
 ]
 
-_MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema
     """
     CREATE TABLE models (
@@ -107,7 +108,7 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 
 #: The schema version this ladle writes.
-SCHEMA_VERSION = len(_MIGRATIONS)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def _json(value: Any) -> str:
@@ -345,70 +346,7 @@ class DeploymentStore:
     def open(cls, path: Path) -> DeploymentStore:
         """Open (creating if needed) and migrate the store; ``ConfigError`` if it cannot be trusted."""
         path = Path(path)
-        where = f"deployment store {path}"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"{where}: cannot create its directory: {exc.strerror}", file=str(path)
-            ) from None
-        if path.exists() and not path.is_file():
-            raise ConfigError(f"{where}: not a regular file", file=str(path))
-        try:
-            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"{where}: cannot open: {exc}", file=str(path)) from None
-        try:
-            cls._prepare(connection, path)
-        except ConfigError:
-            connection.close()
-            raise
-        except sqlite3.DatabaseError as exc:
-            connection.close()
-            raise ConfigError(
-                f"{where}: unusable ({exc}); restore it from a backup or move it away to start afresh",
-                file=str(path),
-            ) from None
-        return cls(connection, path)
-
-    @staticmethod
-    def _prepare(db: sqlite3.Connection, path: Path) -> None:
-        where = f"deployment store {path}"
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise ConfigError(f"{where}: cannot switch to WAL mode (got {mode!r})", file=str(path))
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        check = db.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise ConfigError(f"{where}: integrity check failed: {check}", file=str(path))
-        version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise ConfigError(
-                f"{where}: schema version {version} was written by a newer ladle "
-                f"(this one knows {SCHEMA_VERSION})",
-                file=str(path),
-            )
-        if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise ConfigError(f"{where}: an SQLite file that is not a ladle deployment store", file=str(path))
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            for index in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[index].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            # A real write at every start: an unwritable store fails here, not at the first change.
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('opened_at', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (repr(time.time()),),
-            )
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise ConfigError(f"{where}: cannot be written: {exc}", file=str(path)) from None
+        return cls(open_sqlite(path, "deployment store", MIGRATIONS, synchronous="FULL"), path)
 
     def close(self) -> None:
         with self._lock:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ladle import ConfigError
-from ladle.deployments.store import SCHEMA_VERSION, DeploymentStore, RolloutRecord
+from ladle.deployments.store import MIGRATIONS, SCHEMA_VERSION, DeploymentStore, RolloutRecord
+from ladle.sqlite_file import migrate
 
 
 def test_a_new_store_has_the_schema_and_is_empty(tmp_path: Path) -> None:
@@ -123,4 +124,4 @@ def test_a_read_only_store_is_a_config_error(tmp_path: Path) -> None:
     # Open through a read-only URI: the same refusal a read-only file or mount gives.
     uri = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
     with pytest.raises(ConfigError, match=r"cannot be written|unusable"):
-        DeploymentStore._prepare(uri, path)
+        migrate(uri, path, "deployment store", MIGRATIONS, synchronous="FULL")

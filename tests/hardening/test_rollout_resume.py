@@ -20,7 +20,7 @@ from hardening_support import BODY, free_port, ladle_serve, plugin_host, stop, w
 from ladle import InferenceRequest
 from ladle.config import ServerConfig
 from ladle.deployments.controller import DeploymentController
-from ladle.deployments.store import _MIGRATIONS, SCHEMA_VERSION, DeploymentStore
+from ladle.deployments.store import MIGRATIONS, SCHEMA_VERSION, DeploymentStore
 from ladle.serving import ModelManager
 
 TOKEN = "rollout-test-token"
@@ -174,7 +174,7 @@ def sample_count(blob: bytes) -> int:
 def test_a_store_of_the_first_schema_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
-    db.executescript(_MIGRATIONS[0])
+    db.executescript(MIGRATIONS[0])
     db.execute("INSERT INTO models (name, created_at, updated_at) VALUES ('m', 0, 0)")
     db.execute("PRAGMA user_version = 1")
     db.commit()
