@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .serve import run as serve
+from . import serve
 
 DEFAULT_DIR = Path(".ladle-demo")
 
@@ -54,4 +54,7 @@ def run(args: argparse.Namespace) -> int:
         f"curl -s http://{args.host}:{args.port}/v2/models/breast_cancer_onnx\n",
         file=sys.stderr,
     )
-    return serve(argparse.Namespace(path=repository, host=args.host, port=args.port, log_level="warning"))
+    # serve's own parser: the demo gets every serve option's default, as `ladle serve` would
+    options = argparse.ArgumentParser(prog="ladle serve")
+    serve.configure(options)
+    return serve.run(options.parse_args([str(repository), "--host", args.host, "--port", str(args.port)]))

@@ -87,3 +87,25 @@ def test_serve_reports_invalid_config_with_file_and_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "ladle.toml" in result.stderr and "server.prot" in result.stderr and "unknown key" in result.stderr
+
+
+def test_the_readme_demo_serves_both_models_and_the_printed_curl_works(tmp_path: Path) -> None:
+    """``ladle demo``, the README's first command, end to end: it builds, serves and answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ladle.cli", "demo", "--dir", str(tmp_path / "demo"), "--port", str(port)],
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, timeout=120)
+        from ladle.commands.demo import curl_example
+
+        body = curl_example("127.0.0.1", port).split(" -d '", 1)[1].rstrip("'")
+        answer = httpx.post(f"{url}/v2/models/breast_cancer/infer", content=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"][0]["shape"][0] == 1
+        assert httpx.get(f"{url}/v2/models/breast_cancer_onnx", timeout=10).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
