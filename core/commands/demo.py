@@ -40,7 +40,10 @@ def curl_example(host: str, port: int) -> str:
 
     row = ",".join(f"{v:g}" for v in load_breast_cancer().data[0])
     body = f'{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,30],"data":[{row}]}}]}}'
-    return f"curl -s -X POST http://{host}:{port}/v2/models/breast_cancer/infer -d '{body}'"
+    return (
+        f"curl -s -X POST http://{host}:{port}/v2/models/breast_cancer/infer "
+        f"-H 'Content-Type: application/json' -d '{body}'"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -101,8 +102,10 @@ def test_the_readme_demo_serves_both_models_and_the_printed_curl_works(tmp_path:
         wait_ready(url, process, timeout=120)
         from ladle.commands.demo import curl_example
 
-        body = curl_example("127.0.0.1", port).split(" -d '", 1)[1].rstrip("'")
-        answer = httpx.post(f"{url}/v2/models/breast_cancer/infer", content=body, timeout=10)
+        words = shlex.split(curl_example("127.0.0.1", port))  # sent as curl sends it
+        header, body = words[words.index("-H") + 1], words[words.index("-d") + 1]
+        name, value = header.split(": ", 1)
+        answer = httpx.post(words[words.index("POST") + 1], content=body, headers={name: value}, timeout=10)
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"][0]["shape"][0] == 1
         assert httpx.get(f"{url}/v2/models/breast_cancer_onnx", timeout=10).status_code == 200
