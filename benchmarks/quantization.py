@@ -45,17 +45,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# the model of generation.py
-MODEL = {
-    "vocab_size": 8192,
-    "hidden_size": 384,
-    "intermediate_size": 1024,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 6,
-    "num_key_value_heads": 2,
-    "head_dim": 64,
-    "max_position_embeddings": 1024,
-}
+from generation import MODEL  # the model of generation.py
+
 PROMPT_TOKENS = 32
 MIN_CACHE = "9MiB"  # a little more than one sequence of the model's 1024 positions
 VARIANTS = ("float32", "int8")

@@ -48,17 +48,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# the model of generation.py
-MODEL = {
-    "vocab_size": 8192,
-    "hidden_size": 384,
-    "intermediate_size": 1024,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 6,
-    "num_key_value_heads": 2,
-    "head_dim": 64,
-    "max_position_embeddings": 1024,
-}
+from generation import MODEL  # the model of generation.py
+
 DRAFT_LAYERS = 2
 REFINING_SCALE = 0.03
 NUM_TOKENS = 4
