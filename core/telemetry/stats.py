@@ -408,11 +408,12 @@ class VersionStats:
         ok = errors.count(None)
         if ok:
             self.succeeded.add_at(index, ok)
-            if count == 1:
-                series = self._ok.get(requests[0].protocol)
+            protocol = requests[0].protocol
+            if ok == count and (count == 1 or [r.protocol for r in requests].count(protocol) == count):
+                series = self._ok.get(protocol)
                 if series is None:
-                    series = self.ok(requests[0].protocol)
-                series.add_at(index, 1)
+                    series = self.ok(protocol)
+                series.add_at(index, count)
             else:
                 for request, code in zip(requests, errors, strict=True):
                     if code is None:
