@@ -6,9 +6,11 @@ two generations swapped by one timer tick: a request still unanswered one to two
 arrived gets a task that waits for ``http.disconnect`` and then abandons the request
 (``CancelSignal.abandon``: the admission pipeline cancels its future or aborts its stream).
 Requests answered within a tick never cost a task, and leave the watch as they are answered
-(``DisconnectWatch.done``): holding an answered request until the next tick would keep its whole
+(see ``DisconnectWatch.track``): holding an answered request until the next tick would keep its whole
 connection state alive long enough for the garbage collector to promote it, and at thousands of
-requests a second the full collections that follow cost more than everything else here. A stream
+requests a second the full collections that follow cost more than everything else here. ``track``
+hands back the generation (a dict) a request joined; deleting the request from it once it is
+answered ends the watch, whether that generation is young, old or already rotated out. A stream
 is watched from its first byte. Once the answer is out (``CancelSignal.finish``), the server's own
 ``http.disconnect`` (which ASGI servers send when the response completes) ends a waiting task
 without effect.
@@ -49,16 +51,14 @@ class DisconnectWatch:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def track(self, receive: Receive, cancel: CancelSignal) -> None:
-        """Watch a request whose body has been read (one receiver at a time), until ``done``."""
-        self._young[cancel] = receive
+    def track(self, receive: Receive, cancel: CancelSignal) -> dict[CancelSignal, Receive]:
+        """Watch a request whose body has been read (one receiver at a time). Returns the
+        generation it joined: ``del generation[cancel]`` once it is answered stops the watch."""
+        young = self._young
+        young[cancel] = receive
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.tick, self._rotate)
-
-    def done(self, cancel: CancelSignal) -> None:
-        """The request's answer is ready: stop watching it."""
-        if self._young.pop(cancel, None) is None:
-            self._old.pop(cancel, None)
+        return young
 
     def _rotate(self) -> None:
         for cancel, receive in self._old.items():

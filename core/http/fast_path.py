@@ -48,6 +48,8 @@ Reply = tuple[int, bytes | AsyncGenerator[bytes, None], Mapping[str, str] | _Raw
 #: handler(model or ``None``, version, body, headers, cancel) -> Reply; raises ``LadleError`` for
 #: client mistakes.
 Handler = Callable[[str | None, str | None, bytes, Mapping[str, str], CancelSignal], Awaitable[Reply]]
+#: A matched route: (handler, model or ``None``, version or ``None``, protocol).
+_Match = tuple[Handler, str | None, str | None, str]
 JSON_HEADERS: Mapping[str, str] = {"content-type": "application/json"}
 _ENCODED: dict[tuple[str, str], tuple[bytes, bytes]] = {}
 _ANSWERS: dict[tuple[str, str, str, str | None], _RawHeaders] = {}
@@ -114,6 +116,9 @@ class FastRoutes:
 
     def __init__(self) -> None:
         self._routes: list[tuple[re.Pattern[str], Handler, str]] = []
+        #: Matches by request path: a server sees few distinct paths, and a dict lookup is cheaper
+        #: than the patterns (bounded, so made-up paths cannot grow it without limit).
+        self._matched: dict[str, _Match | None] = {}
         #: The paths added, as given (``/v2/models/{model}/infer``).
         self.paths: list[str] = []
 
@@ -122,14 +127,24 @@ class FastRoutes:
         pattern = re.escape(path).replace(r"\{model\}", r"(?P<model>[^/]+)")
         pattern = pattern.replace(r"\{version\}", r"(?P<version>[^/]+)")
         self._routes.append((re.compile(pattern + "$"), handler, protocol))
+        self._matched.clear()
 
-    def match(self, path: str) -> tuple[Handler, str | None, str | None, str] | None:
+    def match(self, path: str) -> _Match | None:
+        """(handler, model, version, protocol) of the route ``path`` takes, or ``None``."""
+        try:
+            return self._matched[path]
+        except KeyError:
+            pass
+        matched = None
         for pattern, handler, protocol in self._routes:
             found = pattern.match(path)
             if found is not None:
                 groups = found.groupdict()
-                return handler, groups.get("model"), groups.get("version"), protocol
-        return None
+                matched = handler, groups.get("model"), groups.get("version"), protocol
+                break
+        if len(self._matched) < _ENCODED_LIMIT:
+            self._matched[path] = matched
+        return matched
 
 
 class FastPath:
@@ -163,12 +178,12 @@ class FastPath:
         try:
             try:
                 body = await self._body(headers, receive)
-                watch = self.watch  # tracked only once the body is read: one receiver at a time
-                watch.track(receive, cancel)
+                # Watched only once the body is read (one receiver at a time), until answered.
+                watched = self.watch.track(receive, cancel)
                 try:
                     status, content, reply_headers = await handler(model, version, body, headers, cancel)
                 finally:
-                    watch.done(cancel)
+                    del watched[cancel]
             except LadleError as exc:
                 if not exc.counted and self.refused is not None:
                     self.refused(model or "", protocol, exc)  # refused before the admission pipeline
