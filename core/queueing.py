@@ -17,6 +17,12 @@ next batch. The engine owns everything else:
 - shedding by priority: when the queue is full, a request of a higher priority takes the place of
   the newest queued request of the lowest lower priority (that one gets the 503), so batch or
   low-priority traffic is shed first;
+- background work: while requests above ``Priority.LOW`` keep arriving (one within the last
+  ``FOREGROUND_WINDOW`` seconds), low-priority requests (jobs, ``ladle batch``) take at most
+  ``background_share`` of an instance's time: after a batch that carried them ran for ``t``
+  seconds, the next such batch waits ``t * (1 / share - 1)``, and no batch of higher-priority
+  requests is filled up with them meanwhile. With no other traffic they run at full speed
+  (prioritised batchers only);
 - the fast path: with the queue empty and an instance idle (ready, fewer batches in flight than
   ``instance_concurrency``), the request is dispatched at once as a batch of one;
 - the queue: ``collections.deque`` lanes of ``(request, future)`` pairs, bounded by
@@ -84,6 +90,10 @@ CANCELLED = "cancelled"
 
 _READY = InstanceState.READY
 _FAILED = InstanceState.FAILED
+_LOW = Priority.LOW
+#: Seconds after the last request above ``Priority.LOW`` during which background work is held to
+#: ``background_share``.
+FOREGROUND_WINDOW = 0.25
 _LIVE = (InstanceState.LOADING, InstanceState.WARMING, InstanceState.READY)
 _TIMER_SLACK = TIMER_SLACK
 #: Weight of the newest batch in the measured batch time and batch fill.
@@ -105,6 +115,12 @@ class QueueOptions(PluginOptions):
     )
     max_overruns: int = Field(
         default=3, ge=0, description="batches in a row that overrun before the instance fails (0: never)"
+    )
+    background_share: float = Field(
+        default=0.02,
+        gt=0,
+        le=1,
+        description="share of instance time low-priority work gets while other requests arrive (1: all)",
     )
 
 
@@ -155,6 +171,11 @@ class QueueingBatcher(WaitAdmission, Batcher):
         self._max_overruns = self.settings.max_overruns
         #: Requests already run once on an instance that died (they get no second retry).
         self._retried: set[InferenceRequest] = set()
+        share = self.settings.background_share
+        #: Pause after a batch of low-priority work per second it ran (``None``: no limit).
+        self._background_pause = 1.0 / share - 1.0 if self.prioritised and share < 1 else None
+        self._foreground_at = -math.inf  # when the last request above LOW arrived
+        self._background_at = 0.0  # when low-priority work may start again while others arrive
 
     # the data path ---------------------------------------------------------------------------
 
@@ -175,6 +196,13 @@ class QueueingBatcher(WaitAdmission, Batcher):
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Arrays] = loop.create_future()
+        if request.priority is not _LOW:
+            self._foreground_at = now
+        elif self._background_wait(now) > 0:  # background work waits its turn
+            self._enqueue(request, future, deadline, now)
+            if self._hold_timer is None:
+                self._pump()  # arms the timer that starts it
+            return future
         if not self._queued:
             instance = self._idle_instance()
             if instance is not None:
@@ -192,6 +220,12 @@ class QueueingBatcher(WaitAdmission, Batcher):
                     self._check_wait(request, deadline, now)
             if step and self._wait_base + self._queued * step > deadline - now:  # may miss: look closer
                 self._check_wait(request, deadline, now)
+        return self._enqueue(request, future, deadline, now)
+
+    def _enqueue(
+        self, request: InferenceRequest, future: asyncio.Future[Arrays], deadline: float | None, now: float
+    ) -> asyncio.Future[Arrays]:
+        rows = request.rows
         if self._queued >= self._max_queue_size and not self._shed_lower(request.priority):
             self.observer.requests_dropped((request,), ServerBusyError.code)
             raise ServerBusyError(
@@ -208,6 +242,12 @@ class QueueingBatcher(WaitAdmission, Batcher):
         if self._hold_timer is not None:  # an instance is idle, waiting for companions
             self._pump()
         return future
+
+    def _background_wait(self, now: float) -> float:
+        """Seconds before low-priority work may start (0 or less: now; see the module docstring)."""
+        if self._background_pause is None or now - self._foreground_at > FOREGROUND_WINDOW:
+            return 0.0
+        return self._background_at - now
 
     def _row_cap(self) -> float:
         """The most rows one batch may hold: the runtime's cap (subclasses add their own)."""
@@ -315,6 +355,9 @@ class QueueingBatcher(WaitAdmission, Batcher):
         if self._retried:
             self._retried.difference_update(requests)
         finished = time.monotonic()
+        pause = self._background_pause
+        if pause is not None and requests and requests[-1].priority is _LOW:  # lanes in priority order
+            self._background_at = finished + (finished - started) * pause
         if outputs is not None:  # it ran: the usual batch time follows it
             usual = self._batch_time
             elapsed = finished - started
@@ -407,8 +450,14 @@ class QueueingBatcher(WaitAdmission, Batcher):
             if instance is None:
                 break
             now = time.monotonic()
+            held = False  # background work waits its turn (module docstring)
             if not self._closed:
                 wait = self._hold(now)
+                if self._background_pause is not None and self._lanes[_LOW]:
+                    background = self._background_wait(now)
+                    held = background > 0
+                    if held and len(self._lanes[_LOW]) == self._queued:
+                        wait = max(wait, background)
                 if wait > 0:
                     if self._hold_timer is None:
                         assert self._loop is not None
@@ -417,7 +466,14 @@ class QueueingBatcher(WaitAdmission, Batcher):
             if self._hold_timer is not None:
                 self._hold_timer.cancel()
                 self._hold_timer = None
-            taken = self._take(now)
+            if held:
+                low, self._lanes[_LOW] = self._lanes[_LOW], deque()
+                try:
+                    taken = self._take(now)
+                finally:
+                    self._lanes[_LOW] = low
+            else:
+                taken = self._take(now)
             if taken is not None:
                 if self._queued:  # a full batch: it shows how many requests one batch takes
                     fill = self._per_batch

@@ -24,6 +24,7 @@ there is one.
 from __future__ import annotations
 
 import csv
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,20 +140,28 @@ def _jsonl(path: Path, chunk_size: int, start: int) -> Iterator[RecordChunk]:
             if not f.readline():
                 return
         index = start
-        while True:
-            chunk = RecordChunk(index, 0)
-            for line in f:
-                record, problem = parse_line(line)
-                if problem is not None:
-                    chunk.errors[chunk.count] = f"line {index + chunk.count + 1}: {problem}"
-                chunk.records.append(record)
-                chunk.count += 1
-                if chunk.count == chunk_size:
-                    break
-            if not chunk.count:
-                return
-            index += chunk.count
-            yield chunk
+        while lines := list(itertools.islice(f, chunk_size)):
+            yield _parsed(index, lines)
+            index += len(lines)
+
+
+def _parsed(start: int, lines: list[bytes]) -> RecordChunk:
+    """The chunk of JSON Lines ``lines``, the first being record ``start``. Well-formed chunks (the
+    usual case) are parsed in one pass; one that is not is parsed again line by line."""
+    try:
+        records = list(map(orjson.loads, lines))
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if all(type(record) is dict and record for record in records):
+            return RecordChunk(start, len(lines), records)
+    chunk = RecordChunk(start, len(lines))
+    for offset, line in enumerate(lines):
+        record, problem = parse_line(line)
+        if problem is not None:
+            chunk.errors[offset] = f"line {start + offset + 1}: {problem}"
+        chunk.records.append(record)
+    return chunk
 
 
 class _Columns:

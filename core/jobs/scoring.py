@@ -128,11 +128,12 @@ class PredictScorer:
             await self._score_arrays(work, list(range(chunk.count)), chunk.arrays)
         else:
             good, records = [], []
+            errors, id_field = chunk.errors, self.id_field
             for offset, record in enumerate(chunk.records):
-                problem = chunk.errors.get(offset)
-                if problem is None and (not isinstance(record, dict) or not record):
+                problem = errors.get(offset) if errors else None
+                if problem is None and (type(record) is not dict or not record):
                     problem = "a record must be a non-empty JSON object"
-                if problem is None:
+                if problem is None and id_field is not None and id_field in record:
                     problem = self._take_id(record, offset, work.ids)
                 if problem is not None:
                     self._fail(work, offset, InvalidRequestError(problem))
@@ -149,9 +150,9 @@ class PredictScorer:
         output = b"".join(line for line in work.lines if line is not None)
         return ScoredChunk(chunk.start, chunk.count, output, work.failed)
 
-    def _take_id(self, record: Any, offset: int, ids: list[Any]) -> str | None:
-        if self.id_field is None or self.id_field not in record:
-            return None
+    def _take_id(self, record: dict[str, Any], offset: int, ids: list[Any]) -> str | None:
+        """Move the record's id (``id_field``, present) into ``ids``; why it is wrong, if it is."""
+        assert self.id_field is not None
         key = record.pop(self.id_field)
         if isinstance(key, bool) or not isinstance(key, str | int):
             return f"{self.id_field!r} must be a string or an integer"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -283,3 +284,46 @@ async def test_deadline_drop_in_a_lower_lane_does_not_block_higher_lanes() -> No
         r.probe.open()
         await asyncio.gather(f0, fh)
         assert doomed.id not in r.probe.seen()
+
+
+async def _slow_batch(r: Any, item: Any, seconds: float) -> float:
+    """Run ``item`` alone for at least ``seconds``; the time its answer came back."""
+    r.probe.close()
+    future = r.batcher.submit(item)
+    await until(lambda: item.id in r.probe.seen())
+    await asyncio.sleep(seconds)
+    r.probe.open()
+    await future
+    return time.monotonic()
+
+
+@run_async
+async def test_background_work_takes_its_share_of_the_instance_while_other_requests_arrive() -> None:
+    async with rig(DynamicBatcher, {"max_batch_size": 4, "background_share": 0.5}) as r:
+        await r.batcher.submit(request())  # other traffic is arriving
+        job_a = request(1.0, priority=Priority.LOW)
+        finished = await _slow_batch(r, job_a, 0.1)  # ran >= 0.1 s: the next waits >= 0.1 s more
+        job_b = request(2.0, priority=Priority.LOW)
+        held = r.batcher.submit(job_b)
+        online = request(3.0)
+        await r.batcher.submit(online)  # served at once, not filled up with the held job request
+        assert [online.id] in r.probe.batches
+        await held
+        started = next(call.at for call in r.probe.calls if job_b.id in call.ids)
+        assert started - finished >= 0.095
+
+
+@run_async
+async def test_background_work_runs_back_to_back_when_nothing_else_arrives() -> None:
+    async with rig(DynamicBatcher, {"max_batch_size": 4}) as r:  # share 0.02: a pause would be >= 4.9 s
+        finished = await _slow_batch(r, request(1.0, priority=Priority.LOW), 0.1)
+        job_b = request(2.0, priority=Priority.LOW)
+        await r.batcher.submit(job_b)
+        started = next(call.at for call in r.probe.calls if job_b.id in call.ids)
+        assert started - finished < 0.5
+
+
+def test_background_share_is_validated() -> None:
+    for share, problem in ((0, "greater than 0"), (1.5, "less than or equal to 1")):
+        with pytest.raises(ConfigError, match=f"background_share: Input should be {problem}"):
+            DynamicBatcher(ReplicaSet("m", "1"), {"background_share": share})
