@@ -55,24 +55,29 @@ async def wait_until_idle(engine: GenerationEngine) -> None:
     raise AssertionError(f"the engine kept its blocks: {engine.stats()}")
 
 
+TOKENS = 64
+
+
 @run_async
 async def test_streams_chunks_that_add_up_to_the_generation(runtime: CausalLMRuntime) -> None:
+    # Chunks a slow consumer has not read yet are merged by design: enough tokens that even a
+    # loaded machine reads the stream in several.
     engine = started(runtime)
     try:
-        stream = engine.generate(PROMPTS[0], SamplingParams(max_tokens=12, ignore_eos=True))
+        stream = engine.generate(PROMPTS[0], SamplingParams(max_tokens=TOKENS, ignore_eos=True))
         assert isinstance(stream, GenerationStream)
         prompt = runtime.tokenizer.encode(PROMPTS[0])
         assert stream.prompt_tokens == len(prompt)
         chunks = [chunk async for chunk in stream]
         assert len(chunks) > 1 and all(c.finish_reason is None for c in chunks[:-1])
         tokens = [t for c in chunks for t in c.token_ids]
-        assert tokens == generate_alone(runtime, prompt, SamplingParams(max_tokens=12, ignore_eos=True))
+        assert tokens == generate_alone(runtime, prompt, SamplingParams(max_tokens=TOKENS, ignore_eos=True))
         assert "".join(c.text for c in chunks) == runtime.tokenizer.decode(tokens)
         assert chunks[-1].finish_reason == "length"
         assert chunks[-1].usage.to_dict() == {
             "prompt_tokens": len(prompt),
-            "completion_tokens": 12,
-            "total_tokens": len(prompt) + 12,
+            "completion_tokens": TOKENS,
+            "total_tokens": len(prompt) + TOKENS,
         }
         with pytest.raises(StopAsyncIteration):
             await stream.__anext__()
