@@ -84,6 +84,20 @@ def read_until(fd: int, needles: list[str], timeout: float) -> str:
     return ANSI.sub("", seen.decode(errors="replace"))
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C's default disposition in the child, whatever the test runner ignores (an ignored
+    SIGINT is inherited, and Python then installs no handler for it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _ignored(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next((line.split()[1] for line in status if line.startswith("SigIgn:")), "?")
+    except OSError:
+        return "?"
+
+
 def exit_status(fd: int, process: subprocess.Popen[bytes], timeout: float) -> int | None:
     """The process's exit status once it ends, reading its terminal meanwhile: a terminal nobody
     reads fills up, and then the last frame and the terminal restore block the exit."""
@@ -113,6 +127,7 @@ def test_top_renders_a_live_server_in_a_terminal(server_url: str) -> None:
         stderr=slave,
         env=env,
         close_fds=True,
+        preexec_fn=_as_in_a_terminal,
     )
     os.close(slave)
     try:
@@ -122,7 +137,8 @@ def test_top_renders_a_live_server_in_a_terminal(server_url: str) -> None:
         assert "12.5" in text  # error percentage
         assert "ladle top" in text
         process.send_signal(signal.SIGINT)
-        assert exit_status(master, process, timeout=10) == 0
+        status = exit_status(master, process, timeout=10)
+        assert status == 0, f"exit status {status}; ignored signals {_ignored(process.pid)}"
     finally:
         if process.poll() is None:
             process.kill()
