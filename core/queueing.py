@@ -196,21 +196,19 @@ class QueueingBatcher(WaitAdmission, Batcher):
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Arrays] = loop.create_future()
+        held = False  # background work waiting its turn (module docstring)
         if request.priority is not _LOW:
             self._foreground_at = now
-        elif self._background_wait(now) > 0:  # background work waits its turn
-            self._enqueue(request, future, deadline, now)
-            if self._hold_timer is None:
-                self._pump()  # arms the timer that starts it
-            return future
-        if not self._queued:
+        elif self._background_wait(now) > 0:
+            held = True
+        if not self._queued and not held:
             instance = self._idle_instance()
             if instance is not None:
                 self._dispatch(instance, [request], [future])
                 return future
             if not self._serviceable():
                 raise self._no_live_instance()
-        if deadline is not None:
+        if deadline is not None and not held:
             # every queued request pays this: a few reads and float operations
             step = self._wait_step  # 0: admission off, nothing measured, stale, or no instance
             if not step and self._batch_time and self._admit:
@@ -220,12 +218,6 @@ class QueueingBatcher(WaitAdmission, Batcher):
                     self._check_wait(request, deadline, now)
             if step and self._wait_base + self._queued * step > deadline - now:  # may miss: look closer
                 self._check_wait(request, deadline, now)
-        return self._enqueue(request, future, deadline, now)
-
-    def _enqueue(
-        self, request: InferenceRequest, future: asyncio.Future[Arrays], deadline: float | None, now: float
-    ) -> asyncio.Future[Arrays]:
-        rows = request.rows
         if self._queued >= self._max_queue_size and not self._shed_lower(request.priority):
             self.observer.requests_dropped((request,), ServerBusyError.code)
             raise ServerBusyError(
@@ -239,8 +231,8 @@ class QueueingBatcher(WaitAdmission, Batcher):
         self._queued_rows += rows
         if deadline is not None and deadline < self._deadline_at:
             self._arm_deadline(deadline)
-        if self._hold_timer is not None:  # an instance is idle, waiting for companions
-            self._pump()
+        if held or self._hold_timer is not None:  # an instance may be idle, waiting
+            self._pump()  # (for held work: arms the timer that starts it)
         return future
 
     def _background_wait(self, now: float) -> float:
