@@ -347,12 +347,12 @@ class QueueingBatcher(WaitAdmission, Batcher):
         if self._retried:
             self._retried.difference_update(requests)
         finished = time.monotonic()
+        elapsed = finished - started
         pause = self._background_pause
         if pause is not None and requests and requests[-1].priority is _LOW:  # lanes in priority order
-            self._background_at = finished + (finished - started) * pause
+            self._background_at = finished + elapsed * pause
         if outputs is not None:  # it ran: the usual batch time follows it
             usual = self._batch_time
-            elapsed = finished - started
             self._batch_time = usual + _EWMA * (elapsed - usual) if usual else elapsed
             if self._queued:
                 self._refresh_wait()

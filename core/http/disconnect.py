@@ -5,12 +5,12 @@ request just to wait would cost more than the rest of a fast request. So request
 two generations swapped by one timer tick: a request still unanswered one to two ticks after it
 arrived gets a task that waits for ``http.disconnect`` and then abandons the request
 (``CancelSignal.abandon``: the admission pipeline cancels its future or aborts its stream).
-Requests answered within a tick never cost a task, and leave the watch as they are answered
-(see ``DisconnectWatch.track``): holding an answered request until the next tick would keep its whole
-connection state alive long enough for the garbage collector to promote it, and at thousands of
-requests a second the full collections that follow cost more than everything else here. ``track``
-hands back the generation (a dict) a request joined; deleting the request from it once it is
-answered ends the watch, whether that generation is young, old or already rotated out. A stream
+Requests answered within a tick never cost a task, and leave the watch as they are answered:
+holding an answered request until the next tick would keep its whole connection state alive long
+enough for the garbage collector to promote it, and at thousands of requests a second the full
+collections that follow cost more than everything else here. ``track`` hands back the generation
+(a dict) a request joined; deleting the request from it once it is answered ends the watch,
+whether that generation is young, old or already rotated out. A stream
 is watched from its first byte. Once the answer is out (``CancelSignal.finish``), the server's own
 ``http.disconnect`` (which ASGI servers send when the response completes) ends a waiting task
 without effect.

@@ -53,7 +53,8 @@ _Match = tuple[Handler, str | None, str | None, str]
 JSON_HEADERS: Mapping[str, str] = {"content-type": "application/json"}
 _ENCODED: dict[tuple[str, str], tuple[bytes, bytes]] = {}
 _ANSWERS: dict[tuple[str, str, str, str | None], _RawHeaders] = {}
-_ENCODED_LIMIT = 4096
+#: The most entries each of this module's caches holds (encoded headers, answers, route matches).
+_CACHE_LIMIT = 4096
 
 
 def json_answer_headers(answer: Answer) -> _RawHeaders:
@@ -62,7 +63,7 @@ def json_answer_headers(answer: Answer) -> _RawHeaders:
     raw = _ANSWERS.get(key)
     if raw is None:
         raw = _encode({**JSON_HEADERS, **answer.headers()})
-        if len(_ANSWERS) < _ENCODED_LIMIT:
+        if len(_ANSWERS) < _CACHE_LIMIT:
             _ANSWERS[key] = raw
     return raw
 
@@ -76,7 +77,7 @@ def _encode(headers: Mapping[str, str] | _RawHeaders) -> _RawHeaders:
         pair = _ENCODED.get((key, value))
         if pair is None:
             pair = (key.lower().encode("latin-1"), value.encode("latin-1"))
-            if len(_ENCODED) < _ENCODED_LIMIT:
+            if len(_ENCODED) < _CACHE_LIMIT:
                 _ENCODED[key, value] = pair
         raw.append(pair)
     return raw
@@ -142,7 +143,7 @@ class FastRoutes:
                 groups = found.groupdict()
                 matched = handler, groups.get("model"), groups.get("version"), protocol
                 break
-        if len(self._matched) < _ENCODED_LIMIT:
+        if len(self._matched) < _CACHE_LIMIT:
             self._matched[path] = matched
         return matched
 
