@@ -22,6 +22,7 @@ import asyncio
 import sys
 import time
 from collections import deque
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +109,22 @@ def run(args: argparse.Namespace) -> int:
             from ..jobs.ray_batch import score_with_ray
 
             return score_with_ray(args, done)
-        return asyncio.run(_score(args, done))
+        return _event_loop_run(_score(args, done))
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except LadleError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+
+
+def _event_loop_run(main: Coroutine[Any, Any, int]) -> int:
+    """``main`` on uvloop where it is installed (as ``ladle serve`` runs), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def offline_server(path: Path, model: str) -> Server:
@@ -136,9 +146,12 @@ def offline_server(path: Path, model: str) -> Server:
 
 
 async def _score(args: argparse.Namespace, done: int) -> int:
-    from ..jobs.records import count_records, read_chunks
-    from ..jobs.scoring import PredictScorer
+    from ..jobs.reader import ChunkReader
+    from ..jobs.records import count_records
+    from ..jobs.scoring import PredictScorer, ScoredChunk
 
+    total = count_records(args.input)
+    reader = ChunkReader(args.input, args.batch_size, start=done, id_field=args.id_field)
     server = offline_server(args.path, args.model)
     try:
         await server.start()
@@ -160,34 +173,29 @@ async def _score(args: argparse.Namespace, done: int) -> int:
             timeout=3600.0,
         )
         window = args.concurrency or 2 * len(target.replicas.instances) + 1
-        total = count_records(args.input)
-        names = [s.name for s in signature.inputs] if signature is not None else []
-        chunks = read_chunks(
-            args.input, args.batch_size, start=done, input_names=names, id_field=args.id_field
-        )
+        reader.begin(signature)
         started = time.monotonic()
+        failed = scored = 0
         with (
             Progress(args.quiet, total, done, f"{args.model}/{version}") as progress,
             args.output.open("ab") as out,
         ):
-            pending: deque[asyncio.Task[Any]] = deque()
-            failed = scored = 0
-            for chunk in chunks:
-                pending.append(asyncio.get_running_loop().create_task(scorer.score(chunk)))
-                while pending and (len(pending) >= window or pending[0].done()):
-                    result = await pending.popleft()
-                    out.write(result.output)
-                    out.flush()
-                    failed += result.failed
-                    scored += result.count
-                    progress.advance(result.count)
-            while pending:
-                result = await pending.popleft()
+
+            def write(result: ScoredChunk) -> None:
+                nonlocal failed, scored
                 out.write(result.output)
                 out.flush()
                 failed += result.failed
                 scored += result.count
                 progress.advance(result.count)
+
+            pending: deque[asyncio.Task[ScoredChunk]] = deque()
+            async for chunk in reader:
+                pending.append(asyncio.get_running_loop().create_task(scorer.score_prepared(chunk)))
+                while pending and (len(pending) >= window or pending[0].done()):
+                    write(await pending.popleft())
+            while pending:
+                write(await pending.popleft())
         elapsed = time.monotonic() - started
         rate = scored / elapsed if elapsed > 0 else 0.0
         note = f" (resumed after {done})" if done else ""
@@ -204,6 +212,7 @@ async def _score(args: argparse.Namespace, done: int) -> int:
             )
         return 0
     finally:
+        reader.close()
         await server.stop()
 
 

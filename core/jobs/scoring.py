@@ -43,6 +43,7 @@ from ..errors import (
 )
 from ..http.ladle_api import records_to_arrays
 from ..tensors import Signature
+from .inputs import PreparedChunk, prepare_chunk, record_id_field
 from .records import RecordChunk, error_body
 
 __all__ = ["RETRY_DELAYS", "PredictScorer", "ScoredChunk", "answer_guarded", "retrying"]
@@ -114,7 +115,7 @@ class PredictScorer:
         self.signature = signature
         self.input_names = [s.name for s in signature.inputs] if signature is not None else []
         self.position_key, self.position_base = position
-        self.id_field = id_field if id_field and id_field not in self.input_names else None
+        self.id_field = record_id_field(id_field, self.input_names)
         self.timeout = timeout
         self.routing_key = routing_key
         #: The most rows one request may carry, once the batcher said so (413).
@@ -123,55 +124,28 @@ class PredictScorer:
         self.versions: dict[str, int] = {}
 
     async def score(self, chunk: RecordChunk) -> ScoredChunk:
+        """The result lines of ``chunk``."""
+        return await self.score_prepared(prepare_chunk(chunk, self.signature, self.id_field))
+
+    async def score_prepared(self, chunk: PreparedChunk) -> ScoredChunk:
+        """The result lines of a chunk ``prepare_chunk`` made ready (with this scorer's ``id_field``)."""
         work = _Work(chunk)
+        for offset, problem in chunk.problems.items():
+            self._fail(work, offset, InvalidRequestError(problem))
         if chunk.arrays is not None:
-            await self._score_arrays(work, list(range(chunk.count)), chunk.arrays)
-        else:
-            good, records = [], []
-            errors, id_field = chunk.errors, self.id_field
-            for offset, record in enumerate(chunk.records):
-                problem = errors.get(offset) if errors else None
-                if problem is None and (type(record) is not dict or not record):
-                    problem = "a record must be a non-empty JSON object"
-                if problem is None and id_field is not None and id_field in record:
-                    problem = self._take_id(record, offset, work.ids)
-                if problem is not None:
-                    self._fail(work, offset, InvalidRequestError(problem))
-                    continue
-                good.append(offset)
-                records.append(record)
-            if records:
-                try:
-                    arrays = records_to_arrays(records, self.signature)
-                except InvalidRequestError:
-                    await self._one_by_one(work, good, records)
-                else:
-                    await self._score_arrays(work, good, arrays, records)
+            await self._score_arrays(work, chunk.good, chunk.arrays)
+        elif chunk.records:
+            await self._one_by_one(work, chunk.good, chunk.records)
         output = b"".join(line for line in work.lines if line is not None)
         return ScoredChunk(chunk.start, chunk.count, output, work.failed)
 
-    def _take_id(self, record: dict[str, Any], offset: int, ids: list[Any]) -> str | None:
-        """Move the record's id (``id_field``, present) into ``ids``; why it is wrong, if it is."""
-        assert self.id_field is not None
-        key = record.pop(self.id_field)
-        if isinstance(key, bool) or not isinstance(key, str | int):
-            return f"{self.id_field!r} must be a string or an integer"
-        ids[offset] = key
-        if not record:
-            return "the record has an id but no inputs"
-        return None
-
-    async def _score_arrays(
-        self, work: _Work, good: list[int], arrays: Arrays, records: Sequence[Any] | None = None
-    ) -> None:
+    async def _score_arrays(self, work: _Work, good: Sequence[int], arrays: Arrays) -> None:
         try:
             outputs = await self._infer(arrays, len(good))
         except _ABOUT_INPUTS as exc:
             if len(good) == 1:
                 self._fail(work, good[0], exc)
-            elif records is not None:
-                await self._one_by_one(work, good, records)
-            else:  # columnar input: isolate by rows
+            else:  # isolate the offending records: one request per row
                 await asyncio.gather(
                     *(
                         self._score_arrays(work, [offset], {n: a[i : i + 1] for n, a in arrays.items()})
@@ -185,7 +159,7 @@ class PredictScorer:
             return
         self._output_lines(work, good, outputs)
 
-    async def _one_by_one(self, work: _Work, good: list[int], records: Sequence[Any]) -> None:
+    async def _one_by_one(self, work: _Work, good: Sequence[int], records: Sequence[Any]) -> None:
         async def one(offset: int, record: Any) -> None:
             try:
                 arrays = records_to_arrays([record], self.signature)
@@ -239,7 +213,7 @@ class PredictScorer:
         work.lines[offset] = orjson.dumps(head, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
         work.failed += 1
 
-    def _output_lines(self, work: _Work, good: list[int], outputs: Arrays) -> None:
+    def _output_lines(self, work: _Work, good: Sequence[int], outputs: Arrays) -> None:
         columns = {
             name: array.tolist()
             if array.dtype.kind != "O"
@@ -266,8 +240,8 @@ class _Work:
 
     __slots__ = ("chunk", "failed", "ids", "lines")
 
-    def __init__(self, chunk: RecordChunk) -> None:
+    def __init__(self, chunk: PreparedChunk) -> None:
         self.chunk = chunk
-        self.ids: list[Any] = [None] * chunk.count
+        self.ids: list[Any] = chunk.ids or [None] * chunk.count
         self.lines: list[bytes | None] = [None] * chunk.count
         self.failed = 0
