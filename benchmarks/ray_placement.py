@@ -7,14 +7,17 @@ printed at the end:
 
 - ``thread``: ladle, the instance on a thread of the front process (the default);
 - ``process``: ladle, the instance in a worker process (``executor = "process"``);
-- ``ray``: ladle, the instance a Ray actor (``placement = "ray"``, a local Ray the server starts);
+- ``ray``: ladle, the instance a Ray actor (``placement = "ray"``, a local Ray the server starts),
+  batches through a Ray compiled graph (the default);
+- ``ray-calls``: the same with ``compiled_graph = false``: a plain actor call per batch;
 - ``fronts-2``: ladle with ``--workers 2`` (two front processes on the port, a thread each);
 - ``ray-serve``: a Ray Serve deployment of the same model behind Ray Serve's HTTP proxy
   (``servers/ray_serve_app.py``, ``@serve.batch`` of up to 32).
 
 Before the HTTP runs, ``transfer`` times how a batch reaches an actor and comes back: numpy arrays
-passed in the call (Ray inlines small ones and puts large ones in its object store itself) against
-an explicit ``ray.put`` per batch, at 1, 32 and 20,000 rows.
+passed in the call (Ray inlines small ones and puts large ones in its object store itself), an
+explicit ``ray.put`` per batch, and a compiled graph's shared-memory channels, at 1, 32 and 20,000
+rows.
 
 Targets (printed, not asserted): the ray placement adds at most 1 ms to ``thread``'s p50 at one
 connection, and serves at least 3x Ray Serve's requests per second at 64 connections.
@@ -42,7 +45,7 @@ from _harness import Contender, Launch, Summary, run_round_robin, summarise, wri
 from rich.console import Console
 from rich.table import Table
 
-CONTENDERS = ("thread", "process", "ray", "fronts-2", "ray-serve")
+CONTENDERS = ("thread", "process", "ray", "ray-calls", "fronts-2", "ray-serve")
 LOW, HIGH = 1, 64
 ADDED_P50_LIMIT_MS = 1.0
 RAY_SERVE_FACTOR = 3.0
@@ -110,7 +113,17 @@ def build_contenders(names: Sequence[str], model: _contenders.BenchModel, workdi
             "ray",
             _repository(workdir / "ray", model, 'placement = { name = "ray", num_cpus = 1 }\n'),
             model,
-            "ladle, the instance a Ray actor on a local Ray",
+            "ladle, the instance a Ray actor on a local Ray (a compiled graph)",
+        ),
+        "ray-calls": lambda: _ladle(
+            "ray-calls",
+            _repository(
+                workdir / "ray-calls",
+                model,
+                'placement = { name = "ray", num_cpus = 1, compiled_graph = false }\n',
+            ),
+            model,
+            "ladle, the instance a Ray actor on a local Ray (plain actor calls)",
         ),
         "fronts-2": lambda: _ladle(
             "fronts-2", threads, model, "ladle --workers 2: two fronts on one port", "--workers", "2"
@@ -143,7 +156,8 @@ def build_contenders(names: Sequence[str], model: _contenders.BenchModel, workdi
 
 
 def transfer_timings(console: Console, calls: int = 300) -> list[dict[str, Any]]:
-    """Median round trip of an echo actor for arrays passed in the call against a ``ray.put`` first."""
+    """Median round trip of an echo actor: arrays passed in the call, a ``ray.put`` first, and a
+    compiled graph (driven from a thread, as the ray placement drives it)."""
     os.environ.update(LOOPBACK)
     import asyncio
 
@@ -179,10 +193,32 @@ def transfer_timings(console: Console, calls: int = 300) -> list[dict[str, Any]]
                 found.append({"rows": rows, "bytes": x.nbytes, "inline_us": inline, "put_us": put})
 
         asyncio.run(measure())
+        from ray.dag import InputNode
+
+        with InputNode() as inputs:
+            graph = actor.echo.bind(inputs).experimental_compile()
+        try:
+            for entry in found:
+                x = np.random.rand(entry["rows"], 30).astype(np.float32)
+                times = []
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    graph.execute({"x": x}).get(timeout=-1)
+                    times.append(time.perf_counter() - started)
+                entry["graph_us"] = statistics.median(times) * 1e6
+        finally:
+            graph.teardown()
     finally:
         ray.shutdown()
     table = Table(title=f"A batch to an actor and back (median of {calls} calls)", title_justify="left")
-    for column in ("rows", "bytes", "in the call (us)", "ray.put first (us)", "put / in the call"):
+    for column in (
+        "rows",
+        "bytes",
+        "in the call (us)",
+        "ray.put first (us)",
+        "compiled graph (us)",
+        "graph / in the call",
+    ):
         table.add_column(column, justify="right")
     for entry in found:
         table.add_row(
@@ -190,7 +226,8 @@ def transfer_timings(console: Console, calls: int = 300) -> list[dict[str, Any]]
             f"{entry['bytes']:,}",
             f"{entry['inline_us']:.0f}",
             f"{entry['put_us']:.0f}",
-            f"{entry['put_us'] / entry['inline_us']:.2f}x",
+            f"{entry['graph_us']:.0f}",
+            f"{entry['graph_us'] / entry['inline_us']:.2f}x",
         )
     console.print(table)
     return found
@@ -235,6 +272,8 @@ def print_results(
     comparisons = []
     for subject, reference in (
         ("ray", "thread"),
+        ("ray-calls", "thread"),
+        ("ray", "ray-calls"),
         ("process", "thread"),
         ("fronts-2", "thread"),
         ("ray", "ray-serve"),

@@ -19,6 +19,7 @@ from ladle import (
     BatchItem,
     ConfigError,
     DeadlineExceededError,
+    Instance,
     InstanceFailedError,
     InstanceState,
     LadleError,
@@ -51,6 +52,15 @@ def batch(*rows: float, deadline: float | None = None) -> Batch:
 
 def _cpus_in_use(ray: Any) -> float:
     return float(ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0))
+
+
+async def through_graph(instance: Instance, placement: RayPlacement, timeout: float = 60.0) -> None:
+    """Send batches until they go through the instance's compiled graph (built once batches come)."""
+    deadline = time.monotonic() + timeout
+    while placement.describe()["actors"][0]["calls"] != "compiled_graph":
+        assert time.monotonic() < deadline, "no compiled graph"
+        await instance.execute(batch(1.0))
+        await asyncio.sleep(0.02)
 
 
 def run(scenario: Callable[[RayPlacement], Coroutine[Any, Any, None]], **options: Any) -> None:
@@ -90,6 +100,58 @@ def test_an_instance_runs_in_an_actor_rebuilt_from_its_spec(ray_session: Any) ->
         finally:
             await instance.stop(1)
         assert placement.describe()["actors"] == []
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_results_stay_intact_while_later_batches_run(ray_session: Any, compiled: bool) -> None:
+    """A result still held never pins its channel (it is copied out): thirty batches in a row,
+    every answer kept, each one still its own."""
+
+    async def scenario(placement: RayPlacement) -> None:
+        instance = placement.create(SPEC, 0, config(compiled_graph=compiled))
+        await instance.start()
+        try:
+            if compiled:
+                await through_graph(instance, placement)
+            kept = [await instance.execute(batch(float(i), -1.0)) for i in range(30)]
+            for i, (first, second) in enumerate(kept):
+                assert isinstance(first, dict) and float(first["y"][0, 0]) == 2.0 * i
+                assert isinstance(second, RuntimeFailureError)  # the row asked to fail, alone
+            (actor,) = placement.describe()["actors"]
+            assert actor["calls"] == ("compiled_graph" if compiled else "actor_calls")
+            big = Batch({"x": np.random.rand(20_000, 3).astype(np.float32)}, [BatchItem("big", 20_000)])
+            (result,) = await instance.execute(big)
+            assert isinstance(result, dict)
+            np.testing.assert_allclose(result["y"], big.inputs["x"] * 2)
+        finally:
+            await instance.stop(1)
+
+    run(scenario)
+
+
+def test_an_idle_graph_is_torn_down_and_its_actor_stops_polling(ray_session: Any) -> None:
+    """A compiled graph's actor polls its channel (a busy core); after ``graph_idle_timeout`` without
+    a batch the graph goes, the actor idles, and the next batches build it again."""
+    psutil = pytest.importorskip("psutil")
+
+    async def scenario(placement: RayPlacement) -> None:
+        instance = placement.create(SPEC, 0, config(graph_idle_timeout=0.5))
+        await instance.start()
+        try:
+            await through_graph(instance, placement)
+            actor = psutil.Process(placement.describe()["actors"][0]["pid"])
+            await asyncio.sleep(1.3)
+            assert placement.describe()["actors"][0]["calls"] == "actor_calls"
+            actor.cpu_percent(None)
+            await asyncio.sleep(1.0)
+            assert actor.cpu_percent(None) < 20
+            (answer,) = await instance.execute(batch(4.0))  # a plain call while the graph builds
+            assert isinstance(answer, dict) and float(answer["y"][0, 0]) == 8.0
+            await through_graph(instance, placement)
+        finally:
+            await instance.stop(1)
 
     run(scenario)
 

@@ -19,7 +19,11 @@ Server-wide options (``[plugins.options.ray]`` in ladle.toml):
 Per model (``placement = {name = "ray", num_cpus = 2, num_gpus = 0.5, runtime_env = {...}}``):
 ``num_cpus`` (default: the instance's thread budget), ``num_gpus`` (fractions share a GPU;
 default 1 for a ``cuda`` device, else 0), ``runtime_env`` (Ray's dict: ``env_vars``, ``pip``,
-``working_dir``...) and ``resources`` (custom resources). The model's artifact path must be
+``working_dir``...), ``resources`` (custom resources) and ``compiled_graph`` (default true: batches
+cross through a Ray compiled graph's shared-memory channels while they keep coming; false: plain
+actor calls, which is also what an actor that several fronts share takes) with
+``graph_idle_timeout`` (seconds without a batch after which the graph is torn down, freeing the core
+its actor polls with; default 5, 0 keeps it). The model's artifact path must be
 readable at the same path on the node that runs the actor (shared storage, or this machine).
 
 When the server runs several front processes (``ladle serve --workers N``), the actors are named
@@ -88,6 +92,8 @@ class RayModelOptions(PluginOptions):
     num_gpus: float | None = Field(default=None, ge=0)
     runtime_env: dict[str, Any] | None = None
     resources: dict[str, float] | None = None
+    compiled_graph: bool = True
+    graph_idle_timeout: float = Field(default=5.0, ge=0)
 
 
 class RayConnection:
@@ -253,7 +259,18 @@ class RayPlacement(Placement):
         if spec.device.startswith("cuda"):
             spec = replace(spec, device="cuda:0")  # Ray shows the actor only its own GPUs
         key = (spec.model, spec.version, index)
-        executor = PlacedActor(spec, self.host, self, key, options)
+        chosen = self.model_options(spec.model, config)
+        # A graph's loop holds the actor for its driver: an actor the fronts share takes plain calls.
+        compiled = chosen.compiled_graph and "name" not in options
+        executor = PlacedActor(
+            spec,
+            self.host,
+            self,
+            key,
+            options,
+            compiled_graph=compiled,
+            graph_idle_timeout=chosen.graph_idle_timeout,
+        )
         self._executors[key] = executor
         return Instance(spec, executor, name=str(index))
 
@@ -276,6 +293,7 @@ class RayPlacement(Placement):
                     "num_gpus": options["num_gpus"],
                     "pid": executor.placed.get("pid"),
                     "node": executor.placed.get("node"),
+                    "calls": "compiled_graph" if executor.through_graph else "actor_calls",
                 }
             )
         return {
@@ -302,8 +320,18 @@ class PlacedActor(RayExecutor):
         placement: RayPlacement,
         key: tuple[str, str, int],
         options: Mapping[str, Any],
+        *,
+        compiled_graph: bool = True,
+        graph_idle_timeout: float = 5.0,
     ) -> None:
-        super().__init__(spec, host, placement.connection, options)
+        super().__init__(
+            spec,
+            host,
+            placement.connection,
+            options,
+            compiled_graph=compiled_graph,
+            graph_idle_timeout=graph_idle_timeout,
+        )
         self.placement = placement
         self.key = key
 
