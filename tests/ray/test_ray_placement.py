@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -224,13 +225,18 @@ def test_an_actor_the_cluster_cannot_place_fails_its_instance_in_bounded_time(ra
     run(scenario, load_timeout=2)
 
 
-def test_a_killed_actor_fails_its_instance_and_a_replacement_serves(ray_session: Any) -> None:
+@pytest.mark.parametrize("graph", [False, True], ids=["actor-calls", "compiled-graph"])
+def test_a_killed_actor_fails_its_instance_and_a_replacement_serves(ray_session: Any, graph: bool) -> None:
     async def scenario(placement: RayPlacement) -> None:
         instance = placement.create(SPEC, 0, config())
         await instance.start()
-        ray_session.kill(instance.executor.actor, no_restart=True)  # the way a lost node looks
+        if graph:
+            await through_graph(instance, placement)
+            os.kill(instance.executor.pid, signal.SIGKILL)  # mid-graph, as a crash looks
+        else:
+            ray_session.kill(instance.executor.actor, no_restart=True)  # the way a lost node looks
         with pytest.raises(InstanceFailedError, match="died"):
-            await instance.execute(batch(1.0))
+            await asyncio.wait_for(instance.execute(batch(1.0)), 60)
         assert instance.state is InstanceState.FAILED
         with pytest.raises(ModelNotReadyError):
             await instance.execute(batch(1.0))
