@@ -154,6 +154,10 @@ def control_routes(
         params = request.path_params
         return json_response(await controller.retire(params["name"], params["version"]))
 
+    async def placement(request: Request) -> Response:
+        placements = controller.manager.placements
+        return json_response({name: placements[name].describe() for name in sorted(placements)})
+
     async def feedback(request: Request) -> Response:
         body = _parse(FeedbackBody, await read_json_object(request, limit), "body")
         result = controller.feedback(request.path_params["name"], body.request_id, body.label)
@@ -176,4 +180,5 @@ def control_routes(
             methods=["PUT"],
         ),
         Route("/api/v1/models/{name}/feedback", guarded(feedback, data_plane=True), methods=["POST"]),
+        Route("/api/v1/placement", guarded(placement), methods=["GET"]),
     ]

@@ -129,6 +129,9 @@ def test_a_malformed_body_is_a_400(repo: Path, tmp_path: Path) -> None:
 def test_requests_without_the_token_get_401(repo: Path, tmp_path: Path) -> None:
     with client_for(make_config(repo, tmp_path / "d.db", api_token=TOKEN)) as client:
         assert client.get("/api/v1/deployments").status_code == 401
+        assert client.get("/api/v1/placement").status_code == 401
+        placed = client.get("/api/v1/placement", headers=AUTH)
+        assert placed.status_code == 200 and placed.json() == {"fixed": {}}  # in-process instances
         wrong = client.get("/api/v1/deployments", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["code"] == "unauthorized"
         assert wrong.headers["www-authenticate"] == "Bearer"
@@ -160,6 +163,7 @@ def test_without_a_configured_token_reads_are_open_and_changes_refused(
     monkeypatch.delenv("LADLE_API_TOKEN", raising=False)
     with client_for(make_config(repo, tmp_path / "d.db")) as client:
         assert client.get("/api/v1/deployments").status_code == 200
+        assert client.get("/api/v1/placement").status_code == 200
         refused = client.put("/api/v1/deployments/fraud/traffic", json={"v1": 100})
         assert refused.status_code == 401 and "no API token is configured" in refused.json()["error"]
 

@@ -26,6 +26,12 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def actor_calls(client: httpx.Client) -> set[str]:
+    placed = client.get("/api/v1/placement")
+    assert placed.status_code == 200, placed.text
+    return {actor["calls"] for actor in placed.json()["ray"]["actors"]}
+
+
 def test_a_server_answers_from_ray_actors_like_xgboost_itself(ray_session: Any, repository: Path) -> None:
     import xgboost
 
@@ -58,9 +64,21 @@ def test_a_server_answers_from_ray_actors_like_xgboost_itself(ray_session: Any, 
         assert [i["state"] for i in instances] == ["ready", "ready"]
         pids = {i["runtime"]["ray_pid"] for i in instances}
         assert len(pids) == 2 and None not in pids  # two actors, two processes
-        placement = server.manager.placements["ray"].describe()
+        placement = client.get("/api/v1/placement").json()["ray"]
         assert {a["instance"] for a in placement["actors"]} == {0, 1}
+        assert {a["pid"] for a in placement["actors"]} == pids
         assert all(a["num_cpus"] == 0.5 for a in placement["actors"])
+        # Batches that keep coming go through a compiled graph (one at a time reach the first actor).
+        deadline = time.monotonic() + 60
+        while "compiled_graph" not in (calls := actor_calls(client)):
+            assert time.monotonic() < deadline, calls
+            time.sleep(0.2)  # the control API's reads are rate limited: poll it gently
+            for _ in range(20):
+                again = client.post("/v2/models/cancer/infer", json=body)
+                assert again.status_code == 200
+                np.testing.assert_allclose(
+                    np.asarray(again.json()["outputs"][0]["data"], dtype=np.float32), expected, rtol=1e-6
+                )
     assert server.manager.placements["ray"].describe()["actors"] == []  # stopped with the server
 
 
