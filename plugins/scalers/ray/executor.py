@@ -67,7 +67,8 @@ class RuntimeActor:
     """The body of the Ray actor that hosts one runtime instance (used as ``ray.remote(RuntimeActor)``).
 
     A plain class, so it imports no Ray and can be tested alone. Its methods run one at a time on
-    the actor's thread.
+    the actor's thread, but for ``execute`` from a compiled graph, which runs on the graph's own
+    thread: batches still run one at a time (a plain call may overlap a graph's first batch).
     """
 
     def __init__(self) -> None:
@@ -77,6 +78,7 @@ class RuntimeActor:
         self._rss_before = 0
         self._clients = 0
         self._closed = threading.Event()
+        self._one_batch = threading.Lock()
 
     def load(self, spec_data: dict[str, Any], disabled: list[str], modules: list[str]) -> dict[str, Any]:
         """Build and load the runtime (once: a second front attaching finds it loaded)."""
@@ -116,7 +118,8 @@ class RuntimeActor:
                 for rid, rows, params, left, cancelled, extents in items
             ],
         )
-        return execute_isolated(self._ready(), batch)
+        with self._one_batch:
+            return execute_isolated(self._ready(), batch)
 
     def detach(self) -> int:
         """One front let go; the runtime unloads when none is left. Returns the fronts still attached."""
@@ -265,7 +268,7 @@ class RayExecutor(Executor):
             return results
         try:
             return await warm.run(graph, batch.inputs, items)
-        except Exception as exc:  # a graph that raised anything but a task's error is torn down
+        except Exception as exc:  # the runtime's error, or the graph and its actor are gone
             raise await self._failure("execute", exc) from exc
 
     async def stop(self) -> None:
