@@ -151,8 +151,8 @@ async def _score(args: argparse.Namespace, done: int) -> int:
     from ..jobs.scoring import PredictScorer, ScoredChunk
 
     total = count_records(args.input)
-    reader = ChunkReader(args.input, args.batch_size, start=done, id_field=args.id_field)
     server = offline_server(args.path, args.model)
+    reader = ChunkReader(args.input, args.batch_size, start=done, id_field=args.id_field)
     try:
         await server.start()
         failures = {k: v for k, v in server.manager.failures.items() if k.split("/")[0] == args.model}
