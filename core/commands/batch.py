@@ -3,6 +3,8 @@
 The model loads as ``ladle serve`` would load it (the same runtime, batcher, placement and
 instances) and the input's records go through the same admission pipeline, as low-priority job
 requests of ``--batch-size`` records, with enough of them in flight to keep every instance busy.
+The input is read, checked and stacked into arrays ahead of the scoring by a reader process
+(``ladle.jobs.reader``).
 The output gets one JSON line per input record, in input order::
 
     {"line": 1, "outputs": {"probability": 0.97}}
