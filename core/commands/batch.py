@@ -4,8 +4,7 @@ The model loads as ``ladle serve`` would load it (the same runtime, batcher, pla
 instances) and the input's records go through the same admission pipeline, as low-priority job
 requests of ``--batch-size`` records, with enough of them in flight to keep every instance busy.
 The input is read, checked and stacked into arrays ahead of the scoring by a reader process
-(``ladle.jobs.reader``).
-The output gets one JSON line per input record, in input order::
+(``ladle.jobs.reader``). The output gets one JSON line per input record, in input order::
 
     {"line": 1, "outputs": {"probability": 0.97}}
     {"line": 2, "id": "a7", "error": {"message": "...", "code": "invalid_request", "status": 400}}
