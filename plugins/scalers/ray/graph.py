@@ -72,6 +72,9 @@ class WarmGraph:
     def _compile(self) -> Any:
         from ray.dag import InputNode
 
+        # Ray logs every teardown at INFO; here a teardown is routine (each idle spell).
+        logging.getLogger("ray.dag.compiled_dag_node").setLevel(logging.WARNING)
+
         with InputNode() as arguments:
             node = self._actor.execute.bind(arguments[0], arguments[1])
         return node.experimental_compile()
