@@ -4,7 +4,8 @@ The model loads as ``ladle serve`` would load it (the same runtime, batcher, pla
 instances) and the input's records go through the same admission pipeline, as low-priority job
 requests of ``--batch-size`` records, with enough of them in flight to keep every instance busy.
 The input is read, checked and stacked into arrays ahead of the scoring by a reader process
-(``ladle.jobs.reader``). The output gets one JSON line per input record, in input order::
+(``ladle.jobs.reader``; a ``.npy`` array is sliced in place). The output gets one JSON line per
+input record, in input order::
 
     {"line": 1, "outputs": {"probability": 0.97}}
     {"line": 2, "id": "a7", "error": {"message": "...", "code": "invalid_request", "status": 400}}
@@ -147,13 +148,13 @@ def offline_server(path: Path, model: str) -> Server:
 
 
 async def _score(args: argparse.Namespace, done: int) -> int:
-    from ..jobs.reader import ChunkReader
+    from ..jobs.reader import open_chunks
     from ..jobs.records import count_records
     from ..jobs.scoring import PredictScorer, ScoredChunk
 
     total = count_records(args.input)
     server = offline_server(args.path, args.model)
-    reader = ChunkReader(args.input, args.batch_size, start=done, id_field=args.id_field)
+    reader = open_chunks(args.input, args.batch_size, start=done, id_field=args.id_field)
     try:
         await server.start()
         failures = {k: v for k, v in server.manager.failures.items() if k.split("/")[0] == args.model}

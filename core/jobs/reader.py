@@ -8,7 +8,8 @@ which holds the child at most a few chunks ahead. What the child cannot read (``
 is raised by the parent, at the chunk where it happened.
 
 The child starts at once and waits for the model's signature (``begin``), so its start-up overlaps
-the model's loading.
+the model's loading. A ``.npy`` input is already an array to slice: ``open_chunks`` reads it in the
+scoring process itself (``InlineChunks``), where a pipe would only add copies.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from typing import Any
 from ..errors import LadleError, RuntimeFailureError
 from ..tensors import Signature
 from .inputs import PreparedChunk, prepare_chunk, record_id_field
-from .records import read_chunks
+from .records import input_format, read_chunks
 
-__all__ = ["ChunkReader"]
+__all__ = ["ChunkReader", "InlineChunks", "open_chunks"]
 
 _CHUNK, _END, _FAILED = "chunk", "end", "failed"
 
@@ -47,6 +48,39 @@ def _read(connection: Connection, path: str, chunk_size: int, start: int, id_fie
         pass  # the parent is gone or stopping
     finally:
         connection.close()
+
+
+def open_chunks(
+    path: Path, chunk_size: int, *, start: int = 0, id_field: str | None = "id"
+) -> ChunkReader | InlineChunks:
+    """The prepared chunks of ``path``: from a reader process, or inline for an array file."""
+    if input_format(path) == "npy":
+        return InlineChunks(path, chunk_size, start=start, id_field=id_field)
+    return ChunkReader(path, chunk_size, start=start, id_field=id_field)
+
+
+class InlineChunks:
+    """``ChunkReader``'s interface over chunks read in this process (for inputs with nothing to parse)."""
+
+    def __init__(self, path: Path, chunk_size: int, *, start: int = 0, id_field: str | None = "id") -> None:
+        self._path, self._chunk_size, self._start, self._id_field = path, chunk_size, start, id_field
+        self._signature: Signature | None = None
+
+    def begin(self, signature: Signature | None) -> None:
+        self._signature = signature
+
+    async def __aiter__(self) -> AsyncIterator[PreparedChunk]:
+        signature = self._signature
+        names = [s.name for s in signature.inputs] if signature is not None else []
+        record_id = record_id_field(self._id_field, names)
+        chunks = read_chunks(
+            self._path, self._chunk_size, start=self._start, input_names=names, id_field=self._id_field
+        )
+        for chunk in chunks:
+            yield prepare_chunk(chunk, signature, record_id)
+
+    def close(self) -> None:
+        return None
 
 
 class ChunkReader:

@@ -17,14 +17,14 @@ import pytest
 
 from ladle.errors import LadleError, RuntimeFailureError
 from ladle.jobs.inputs import PreparedChunk, prepare_chunk
-from ladle.jobs.reader import ChunkReader
+from ladle.jobs.reader import ChunkReader, InlineChunks, open_chunks
 from ladle.jobs.records import InputFileError, read_chunks
 from ladle.tensors import Signature, TensorSpec
 
 SIGNATURE = Signature(inputs=(TensorSpec("x", "FP32", (-1, 2)),), outputs=(TensorSpec("y", "FP32", (-1, 2)),))
 
 
-async def read_all(reader: ChunkReader, signature: Signature | None) -> list[PreparedChunk]:
+async def read_all(reader: ChunkReader | InlineChunks, signature: Signature | None) -> list[PreparedChunk]:
     reader.begin(signature)
     try:
         return [chunk async for chunk in reader]
@@ -135,3 +135,18 @@ def test_the_reader_does_not_outlive_a_parent_killed_with_sigkill(tmp_path: Path
         assert not alive(child), "the reader process outlived its parent"
     finally:
         parent.kill()
+
+
+def test_an_array_file_is_sliced_in_this_process_and_text_is_parsed_in_a_reader(tmp_path: Path) -> None:
+    np.save(tmp_path / "in.npy", np.arange(10, dtype=np.float32).reshape(5, 2))
+    (tmp_path / "in.jsonl").write_text('{"x": [1, 2]}\n')
+    inline = open_chunks(tmp_path / "in.npy", 2, start=1)
+    assert isinstance(inline, InlineChunks)
+    got = asyncio.run(read_all(inline, SIGNATURE))
+    assert [(c.start, c.count) for c in got] == [(1, 2), (3, 2)]
+    assert got[0].arrays is not None
+    np.testing.assert_array_equal(got[0].arrays["x"], np.array([[2, 3], [4, 5]], np.float32))
+    reader = open_chunks(tmp_path / "in.jsonl", 2)
+    assert isinstance(reader, ChunkReader)
+    (chunk,) = asyncio.run(read_all(reader, SIGNATURE))
+    assert chunk.arrays is not None and chunk.count == 1
