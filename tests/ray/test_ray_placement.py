@@ -51,6 +51,15 @@ def batch(*rows: float, deadline: float | None = None) -> Batch:
     return Batch({"x": x}, items)
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = f"/proc/{pid}/stat"
+    return not os.path.exists(stat) or open(stat).read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _cpus_in_use(ray: Any) -> float:
     return float(ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0))
 
@@ -230,11 +239,17 @@ def test_a_killed_actor_fails_its_instance_and_a_replacement_serves(ray_session:
     async def scenario(placement: RayPlacement) -> None:
         instance = placement.create(SPEC, 0, config())
         await instance.start()
+        pid = instance.executor.pid
+        assert pid is not None
         if graph:
             await through_graph(instance, placement)
-            os.kill(instance.executor.pid, signal.SIGKILL)  # mid-graph, as a crash looks
+            os.kill(pid, signal.SIGKILL)  # mid-graph, as a crash looks
         else:
             ray_session.kill(instance.executor.actor, no_restart=True)  # the way a lost node looks
+        deadline = time.monotonic() + 30  # Ray kills asynchronously: a call sent at once may still run
+        while _running(pid):
+            assert time.monotonic() < deadline, "the actor did not die"
+            await asyncio.sleep(0.02)
         with pytest.raises(InstanceFailedError, match="died"):
             await asyncio.wait_for(instance.execute(batch(1.0)), 60)
         assert instance.state is InstanceState.FAILED
