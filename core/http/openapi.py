@@ -188,7 +188,6 @@ _OPERATIONS: tuple[tuple[str, str, str], ...] = (
     ("post", "/v2/models/{model}/infer", "V2 inference (JSON, or the binary tensor extension)"),
     ("post", "/v2/models/{model}/versions/{version}/infer", "V2 inference on one version"),
     ("get", "/api/v1/models", "served models and load failures"),
-    ("get", "/api/v1/placement", "where instances run, by placement (actors, GPUs, MPS daemons)"),
     ("post", "/api/v1/models/{model}/predict", "records in, records out"),
     ("post", "/api/v1/models/{model}/generate", "text generation (server-sent events with stream)"),
     ("get", "/v1/models", "OpenAI: generative models"),

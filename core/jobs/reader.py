@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -32,15 +32,22 @@ __all__ = ["ChunkReader", "InlineChunks", "open_chunks"]
 _CHUNK, _END, _FAILED = "chunk", "end", "failed"
 
 
+def _prepared(
+    path: Path, chunk_size: int, start: int, signature: Signature | None, id_field: str | None
+) -> Iterator[PreparedChunk]:
+    """The chunks of ``path`` from record ``start`` on, each prepared for a model of ``signature``."""
+    names = [s.name for s in signature.inputs] if signature is not None else []
+    record_id = record_id_field(id_field, names)
+    for chunk in read_chunks(path, chunk_size, start=start, input_names=names, id_field=id_field):
+        yield prepare_chunk(chunk, signature, record_id)
+
+
 def _read(connection: Connection, path: str, chunk_size: int, start: int, id_field: str | None) -> None:
     """The child: prepared chunks of ``path`` down ``connection``, then the end or the error."""
     try:
         signature: Signature | None = connection.recv()
-        names = [s.name for s in signature.inputs] if signature is not None else []
-        record_id = record_id_field(id_field, names)
-        chunks = read_chunks(Path(path), chunk_size, start=start, input_names=names, id_field=id_field)
-        for chunk in chunks:
-            connection.send((_CHUNK, prepare_chunk(chunk, signature, record_id)))
+        for chunk in _prepared(Path(path), chunk_size, start, signature, id_field):
+            connection.send((_CHUNK, chunk))
         connection.send((_END, None))
     except LadleError as exc:
         connection.send((_FAILED, exc))
@@ -70,14 +77,8 @@ class InlineChunks:
         self._signature = signature
 
     async def __aiter__(self) -> AsyncIterator[PreparedChunk]:
-        signature = self._signature
-        names = [s.name for s in signature.inputs] if signature is not None else []
-        record_id = record_id_field(self._id_field, names)
-        chunks = read_chunks(
-            self._path, self._chunk_size, start=self._start, input_names=names, id_field=self._id_field
-        )
-        for chunk in chunks:
-            yield prepare_chunk(chunk, signature, record_id)
+        for chunk in _prepared(self._path, self._chunk_size, self._start, self._signature, self._id_field):
+            yield chunk
 
     def close(self) -> None:
         return None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import psutil
 import pytest
 
 from ladle.errors import LadleError, RuntimeFailureError
@@ -34,12 +35,9 @@ async def read_all(reader: ChunkReader | InlineChunks, signature: Signature | No
 
 def alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # a zombie has ended
+    except psutil.NoSuchProcess:
         return False
-    if sys.platform != "linux":
-        return True
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
 
 
 def test_prepares_what_the_scorer_prepares_in_another_process(tmp_path: Path) -> None:

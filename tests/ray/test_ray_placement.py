@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 from ladle import (
@@ -53,11 +54,9 @@ def batch(*rows: float, deadline: float | None = None) -> Batch:
 
 def _running(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    stat = f"/proc/{pid}/stat"
-    return not os.path.exists(stat) or open(stat).read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _cpus_in_use(ray: Any) -> float:
@@ -144,7 +143,6 @@ def test_results_stay_intact_while_later_batches_run(ray_session: Any, compiled:
 def test_an_idle_graph_is_torn_down_and_its_actor_stops_polling(ray_session: Any) -> None:
     """A compiled graph's actor polls its channel (a busy core); after ``graph_idle_timeout`` without
     a batch the graph goes, the actor idles, and the next batches build it again."""
-    psutil = pytest.importorskip("psutil")
 
     async def scenario(placement: RayPlacement) -> None:
         instance = placement.create(SPEC, 0, config(graph_idle_timeout=0.5))
