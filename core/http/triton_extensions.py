@@ -43,8 +43,9 @@ from ..deployments.router_policy import current_split
 from ..errors import ConfigError, InvalidRequestError, LadleError, PluginError
 from ..repository import check_name, version_key
 from ..server import Server
+from ..telemetry.families import ATTR_ERROR, version_attributes
 from ..telemetry.series import HistogramSnapshot
-from ..telemetry.stats import ATTR_ERROR, StatsRegistry, version_attributes
+from ..telemetry.stats import StatsRegistry
 from .responses import error_response, json_response, read_json_object
 
 __all__ = ["ModelControlDisabledError", "model_statistics", "repository_index", "routes"]

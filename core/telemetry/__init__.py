@@ -65,6 +65,7 @@ conventions. Every version series carries ``ladle.model.name`` and ``ladle.model
 from __future__ import annotations
 
 from .config import TelemetryConfig, parse_telemetry_config
+from .families import CounterFamily, GaugeFamily, HistogramFamily
 from .inference_log import InferenceLog
 from .observer import VersionObserver
 from .quality import (
@@ -78,15 +79,7 @@ from .quality import (
 from .resources import ResourceMonitor
 from .routes import telemetry_routes
 from .series import DEFAULT_LATENCY_BOUNDS, HistogramSnapshot, WindowedCounter, WindowedHistogram
-from .stats import (
-    CounterFamily,
-    GaugeFamily,
-    HistogramFamily,
-    StatsDelta,
-    StatsRegistry,
-    VersionStats,
-    WindowStats,
-)
+from .stats import StatsDelta, StatsRegistry, VersionStats, WindowStats
 from .telemetry import Telemetry
 from .tracing import SpanEmitter, TraceSampler
 

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .stats import StatsRegistry, version_attributes
+from .families import version_attributes
+from .stats import StatsRegistry
 
 if TYPE_CHECKING:
     from ..batching import Batcher

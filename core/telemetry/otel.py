@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .. import __version__
-from .stats import CounterFamily, GaugeFamily, MetricFamily, StatsRegistry, iter_points
+from .families import CounterFamily, GaugeFamily, MetricFamily, iter_points
+from .stats import StatsRegistry
 
 __all__ = ["MetricsExport", "augmenting_reader"]
 

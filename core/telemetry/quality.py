@@ -32,8 +32,9 @@ import numpy as np
 from ..envelope import Arrays, InferenceRequest
 from ..errors import ConfigError, InvalidInputError, SignatureMismatchError
 from ..tensors import Signature, TensorSpec
+from .families import ATTR_MODEL, ATTR_VERSION, Attributes
 from .series import WindowedCounter, WindowedHistogram
-from .stats import ATTR_MODEL, ATTR_VERSION, Attributes, StatsRegistry
+from .stats import StatsRegistry
 
 __all__ = [
     "REFERENCE_FORMAT",

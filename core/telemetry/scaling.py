@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .stats import Attributes, CounterFamily, GaugeFamily, StatsRegistry, version_attributes
+from .families import Attributes, CounterFamily, GaugeFamily, version_attributes
+from .stats import StatsRegistry
 
 __all__ = [
     "DESIRED",

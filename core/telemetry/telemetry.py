@@ -15,6 +15,7 @@ from ..envelope import InferenceRequest
 from ..errors import ConfigError, MissingDependencyError
 from ..tensors import Signature
 from .config import TelemetryConfig, parse_telemetry_config
+from .families import ATTR_MODEL, ATTR_PROTOCOL, ATTR_STATUS, ATTR_VERSION, version_attributes
 from .inference_log import InferenceLog
 from .observer import VersionObserver
 from .quality import InputChecks, QualityMonitor, TensorReference, load_reference
@@ -22,16 +23,7 @@ from .resources import ResourceMonitor
 from .scaling import scaling_snapshot
 from .series import DEFAULT_LATENCY_BOUNDS, WindowedCounter
 from .slo import slo_report
-from .stats import (
-    ATTR_MODEL,
-    ATTR_PROTOCOL,
-    ATTR_STATUS,
-    ATTR_VERSION,
-    StatsDelta,
-    StatsRegistry,
-    finite_or_none,
-    version_attributes,
-)
+from .stats import StatsDelta, StatsRegistry, finite_or_none
 from .tracing import SpanEmitter, TraceSampler
 
 if TYPE_CHECKING:

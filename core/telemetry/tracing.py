@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..envelope import InferenceRequest, TraceContext
-from .stats import ATTR_ERROR, ATTR_MODEL, ATTR_VERSION
+from .families import ATTR_ERROR, ATTR_MODEL, ATTR_VERSION
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
