@@ -1,8 +1,10 @@
 """What progressive delivery costs on the data path, side by side with a single version.
 
-1. ``route+submit``: the admission pipeline (``Admission.admit``) through a 90/10 sticky canary
-   (every request has a routing key, hashed with BLAKE2b) against a model with one version, with a
-   batcher that answers at once, so only routing and submission are timed. Also the routing decision alone.
+1. ``route+submit``: the admission pipeline (``Admission.infer``, what every protocol adapter
+   calls) through a 90/10 sticky canary (every request has a routing key, hashed with BLAKE2b)
+   against a model with one version, with a batcher that answers at once, so only routing and
+   submission are timed. Also the routing decision alone, as the pipeline makes it (a ``static``
+   router, such as the single version's, is asked once per routing table).
 2. ``in-process``: the same two models behind the real dynamic batcher and a trivial runtime on
    its thread: one client awaiting each answer, then 32 concurrent clients.
    A third contender routes through the canary router with a 100/0 table: it pays the sticky
@@ -29,7 +31,7 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +42,15 @@ from ladle.config import ServerConfig
 from ladle.deployments.controller import DeploymentController
 from ladle.serving import ModelEndpoint, ModelManager
 
-Submit = Callable[[InferenceRequest], "asyncio.Future[Arrays]"]
+Submit = Callable[[InferenceRequest], Awaitable[object]]
 
 
 def _submitter(manager: ModelManager, endpoint: ModelEndpoint) -> Submit:
-    """Route, check and queue one request the way the server does."""
+    """Route, check, queue and answer one request the way the server's protocol adapters do (an
+    older build: route and queue it, which its adapters did before awaiting the future)."""
     admission = getattr(manager, "admission", None)  # releases before the admission pipeline lack it
     if admission is not None:
-        return lambda request: admission.admit(request).future
+        return admission.infer  # type: ignore[no-any-return]
     return lambda request: endpoint.submit(request)[1]  # type: ignore[attr-defined,no-any-return]
 
 
@@ -145,6 +148,17 @@ def _timed(function: Callable[[], None]) -> float:
         gc.enable()
 
 
+async def _timed_async(function: Callable[[], Awaitable[None]]) -> float:
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        await function()
+        return time.perf_counter() - start
+    finally:
+        gc.enable()
+
+
 async def route_and_submit(repo: Path, count: int, repeat: int) -> None:
     manager, controller = await _start(repo, "answering")
     endpoints = {
@@ -160,18 +174,25 @@ async def route_and_submit(repo: Path, count: int, repeat: int) -> None:
 
             submit = _submitter(manager, endpoint)
 
-            def submit_all(submit: Submit = submit, requests: list[InferenceRequest] = requests) -> None:
-                for request in requests:
-                    submit(request).result()
+            async def submit_all(
+                submit: Submit = submit, requests: list[InferenceRequest] = requests
+            ) -> None:
+                for request in requests:  # each answer is ready at once: nothing waits
+                    await submit(request)
 
-            submit_us[name].append(_timed(submit_all) / count * 1e6)
+            submit_us[name].append(await _timed_async(submit_all) / count * 1e6)
             requests = _requests(endpoint.name, count)
+            # a static router's route is asked once per routing table (releases before that: never)
+            fixed = getattr(endpoint, "fixed_route", None)
 
             def route_all(
-                endpoint: ModelEndpoint = endpoint, requests: list[InferenceRequest] = requests
+                endpoint: ModelEndpoint = endpoint,
+                requests: list[InferenceRequest] = requests,
+                fixed: object = fixed,
             ) -> None:
                 for request in requests:
-                    endpoint.router.route(request, endpoint.table)
+                    if fixed is None:
+                        endpoint.router.route(request, endpoint.table)
 
             route_us[name].append(_timed(route_all) / count * 1e6)
     canary = manager.endpoint("canary")

@@ -18,12 +18,11 @@ wherever it is: a queued tensor request is dropped before it runs, a generation 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Container
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from .batching import enforce_deadline
 from .envelope import Arrays, InferenceRequest
 from .errors import LadleError, ModelNotReadyError, RequestCancelledError
 from .generation import FinishReason, GenerationChunk, GenerationResult, GenerationStream, Usage
@@ -408,22 +407,23 @@ def _no_listener(request: InferenceRequest, version: str | None, status: int) ->
 class Admission:
     """The admission pipeline of one server (see the module docstring).
 
-    ``lookup`` finds a served model by name (raising ``ModelNotFoundError``); ``listener`` is told
-    of every answer that no batcher reported: refusals, failures, stored answers (the telemetry
-    layer counts them by status; batchers report what they computed).
+    ``models`` are the served models by name (read per request; the server adds and removes
+    them); ``lookup`` finds one by name or raises ``ModelNotFoundError`` naming the served ones;
+    ``listener`` is told of every answer that no batcher reported: refusals, failures, stored
+    answers (the telemetry layer counts them by status; batchers report what they computed).
     """
 
     def __init__(
         self,
+        models: Mapping[str, ModelEndpoint],
         lookup: Callable[[str], ModelEndpoint],
         listener: AnswerListener | None = None,
-        served: Container[str] | None = None,
     ) -> None:
+        #: The served models; a refusal naming another model is counted under ``""``, so clients
+        #: cannot create one metric series per made-up name.
+        self._models = models
         self._lookup = lookup
         self.answered: AnswerListener = listener or _no_listener
-        #: The names of served models; a refusal naming another model is counted under ``""``, so
-        #: clients cannot create one metric series per made-up name.
-        self._served: Container[str] = served if served is not None else _Everything()
 
     def refused(self, model: str, protocol: str, error: LadleError) -> None:
         """Count an answer an adapter refused before the pipeline saw the request (an unknown model,
@@ -431,7 +431,7 @@ class Admission:
         if error.counted:
             return
         error.counted = True
-        name = model if model in self._served else ""
+        name = model if model in self._models else ""
         self.answered(InferenceRequest(name, {}, protocol=protocol), None, error.status)
 
     # the pipeline -------------------------------------------------------------------------------
@@ -460,7 +460,7 @@ class Admission:
                 copy = request.derive(primary.model, primary.version or None)
                 return self._route(self._lookup(primary.model), copy)
             version = primary.version
-        target = endpoint.loaded(version)
+        target = endpoint.versions.get(version) or endpoint.loaded(version)  # (raises, naming the loaded)
         request.version = version  # before the checks: a refusal names the version it reached
         arms = endpoint.arms
         if arms is not None:
@@ -482,14 +482,19 @@ class Admission:
         """
         pending: Pending | None = None
         try:
-            endpoint, target, routed, route = self._route(self._lookup(request.model), request)
+            endpoint = self._models.get(request.model) or self._lookup(request.model)  # (raises)
+            direct = endpoint.direct
+            if direct is not None and request.version is None and request.generation is None:
+                # The plain path, inline: a static router, no stages, tensors (``_route`` without
+                # the questions whose answers are known).
+                if request.deadline is None:
+                    request.deadline = request.arrival + endpoint.timeout
+                request.version = version = direct.version
+                direct.check(request)
+                return Answer(endpoint.name, version, await direct.submit(request))
+            endpoint, target, routed, route = self._route(endpoint, request)
             if not endpoint.stages and routed.generation is None:
-                # The plain path, inline: no stage, tensors.
-                batcher = target.batcher
-                future = batcher.submit(routed)
-                enforce_deadline(batcher, routed, future)
-                routed.cancel.work = future
-                outputs = await future
+                outputs = await target.submit(routed)
                 return Answer(endpoint.name, target.version, outputs, None, SOURCE_MODEL, "", routed.arm)
             if endpoint.stages:
                 pending = endpoint.proceed(Call(self, endpoint, target, routed, route))
@@ -542,15 +547,8 @@ class Admission:
         version = pending.version if pending is not None else request.version
         if version is not None and VERSION_HEADER not in error.headers:
             error.headers[VERSION_HEADER] = version
-        if request.model not in self._served:
+        if request.model not in self._models:
             self.refused(request.model, request.protocol, error)
             return
         error.counted = True
         self.answered(request, version, error.status)
-
-
-class _Everything:
-    """A container holding every name (an ``Admission`` told of no served models counts them all)."""
-
-    def __contains__(self, name: object) -> bool:
-        return True

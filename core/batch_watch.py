@@ -1,8 +1,10 @@
-"""The watch over one running batch: its requests' deadlines, and whether its instance is stuck.
+"""The watch over running batches: their requests' deadlines, and whether an instance is stuck.
 
-A queueing batcher arms one watch per running batch, with one timer at the earliest pending
-deadline (not one per request). A request whose deadline passes while its batch runs is answered
-504 then and its cancel signal is set.
+A queueing batcher keeps one ``BatchWatches``; each running batch is a ``BatchWatch`` in it. One
+timer serves them all, armed at the earliest pending deadline of any running batch (a batch that
+finishes first leaves its watch and the timer, when it fires, re-arms for the others): per batch
+this costs a set insertion, not a timer. A request whose deadline passes while its batch runs is
+answered 504 then and its cancel signal is set.
 
 Once every request of the batch has been answered that way and the batch still runs, the batch
 *overruns* if it has also run for its *patience*: four times the batcher's usual batch time, and at
@@ -19,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 from .batching import expire
 from .envelope import Arrays, InferenceRequest
 from .instance import Instance
 
-__all__ = ["MIN_PATIENCE", "TIMER_SLACK", "BatchWatch", "WatchOwner"]
+__all__ = ["MIN_PATIENCE", "TIMER_SLACK", "BatchWatch", "BatchWatches", "WatchOwner"]
 
 # Fire timers a hair after the deadline, so a coarse loop clock (uvloop keeps milliseconds) never
 # wakes them just before it and makes them spin.
@@ -44,67 +46,120 @@ class WatchOwner(Protocol):
     def max_overruns(self) -> int: ...
 
 
-class BatchWatch:
-    """Deadlines and overruns of one running batch of ``owner``'s."""
+class BatchWatches:
+    """The running batches of one batcher (``owner``), under one deadline timer."""
 
-    __slots__ = ("futures", "handle", "instance", "overran", "owner", "requests", "span", "started", "task")
+    __slots__ = ("_at", "_running", "_timer", "owner")
+
+    def __init__(self, owner: WatchOwner) -> None:
+        self.owner = owner
+        self._running: set[BatchWatch] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def arm(
+        self, instance: Instance, requests: list[InferenceRequest], futures: list[asyncio.Future[Arrays]]
+    ) -> BatchWatch | None:
+        """Watch a batch that starts now; ``None`` when no request in it has a deadline."""
+        deadlines = [r.deadline for r in requests]
+        if None in deadlines:  # rare: the admission pipeline gives every request a deadline
+            deadlines = [deadline for deadline in deadlines if deadline is not None]
+            if not deadlines:
+                return None
+        watch = BatchWatch(self, instance, requests, futures, min(cast("list[float]", deadlines)))
+        self._running.add(watch)
+        if watch.due < self._at:
+            self._schedule(watch.due)
+        return watch
+
+    def _schedule(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = due
+        # deadlines are time.monotonic(), the event loop's clock (a past one fires at once)
+        self._timer = asyncio.get_running_loop().call_at(due + TIMER_SLACK, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._at = math.inf
+        now = time.monotonic()
+        for watch in [w for w in self._running if w.due <= now]:
+            watch.expire_due(now)
+        if self._running:
+            self._schedule(min(w.due for w in self._running))
+
+    def finished(self, watch: BatchWatch) -> None:
+        self._running.discard(watch)
+
+    def close(self) -> None:
+        """Stop the timer (the batcher stopped; its batches were cancelled)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._at = math.inf
+        self._running.clear()
+
+
+class BatchWatch:
+    """Deadlines and overruns of one running batch (made by ``BatchWatches.arm``)."""
+
+    __slots__ = (
+        "due",
+        "futures",
+        "handle",
+        "instance",
+        "overran",
+        "requests",
+        "span",
+        "started",
+        "task",
+        "watches",
+    )
 
     def __init__(
         self,
-        owner: WatchOwner,
+        watches: BatchWatches,
         instance: Instance,
         requests: list[InferenceRequest],
         futures: list[asyncio.Future[Arrays]],
+        due: float,
     ) -> None:
-        self.owner = owner
+        self.watches = watches
         self.instance = instance
         self.requests = requests
         self.futures = futures
+        #: The earliest deadline of a request still waiting for its answer.
+        self.due = due
+        #: The overrun timer, once every request was answered 504 and the batch still runs.
         self.handle: asyncio.TimerHandle | None = None
         self.started = time.monotonic()
         self.overran = False
-        self.task: asyncio.Task[object] | None = None
+        self.span = 0.0
+        self.task: asyncio.Task[object] | None = asyncio.current_task()
 
-    @classmethod
-    def arm(
-        cls,
-        owner: WatchOwner,
-        instance: Instance,
-        requests: list[InferenceRequest],
-        futures: list[asyncio.Future[Arrays]],
-    ) -> BatchWatch | None:
-        """The watch over a batch, or ``None`` when no request in it has a deadline."""
-        watch = cls(owner, instance, requests, futures)
-        if not watch._arm_next():
-            return None
-        watch.task = asyncio.current_task()
-        return watch
-
-    def _arm_next(self) -> bool:
+    def expire_due(self, now: float) -> None:
+        """Answer 504 to the requests whose deadline passed; once none is left, watch the batch
+        itself for overruns."""
         earliest = math.inf
         for request, future in zip(self.requests, self.futures, strict=True):
             deadline = request.deadline
-            if deadline is not None and deadline < earliest and not future.done():
-                earliest = deadline
-        if earliest == math.inf:
-            return False
-        # deadlines are time.monotonic(), the event loop's clock (a past one fires at once)
-        self.handle = asyncio.get_running_loop().call_at(earliest + TIMER_SLACK, self._fire)
-        return True
-
-    def _fire(self) -> None:
-        now = time.monotonic()
-        for request, future in zip(self.requests, self.futures, strict=True):
-            if request.deadline is not None and request.deadline <= now:
+            if deadline is None or future.done():
+                continue
+            if deadline <= now:
                 expire(future, request)
-        if not self._arm_next():
+            elif deadline < earliest:
+                earliest = deadline
+        self.due = earliest
+        if earliest == math.inf:
+            self.watches.finished(self)
             self._overdue()
 
     def _overdue(self) -> None:
         """Every request was answered 504 and the batch still runs: count an overrun when it is
         clearly stuck, and look again later while it keeps running."""
+        owner = self.watches.owner
         now = time.monotonic()
-        patience = max(4.0 * self.owner.usual_batch_time, MIN_PATIENCE)
+        patience = max(4.0 * owner.usual_batch_time, MIN_PATIENCE)
         running = now - self.started
         if running < patience:  # slow under load, not stuck (yet): look again once it would be
             self._later(patience - running)
@@ -115,7 +170,7 @@ class BatchWatch:
             self.overran = True
         instance = self.instance
         instance.overruns += 1
-        limit = self.owner.max_overruns
+        limit = owner.max_overruns
         if limit and instance.overruns >= limit:
             instance.fail(f"overran its deadlines in {instance.overruns} batches in a row")
             if self.task is not None:
@@ -128,6 +183,7 @@ class BatchWatch:
 
     def cancel(self) -> None:
         """The batch finished: stop watching (an instance that finished in time starts over)."""
+        self.watches.finished(self)
         if self.handle is not None:
             self.handle.cancel()
         if not self.overran and self.instance.overruns:

@@ -204,7 +204,7 @@ def expire(future: asyncio.Future[Arrays], request: InferenceRequest) -> None:
 
 def enforce_deadline(batcher: Batcher, request: InferenceRequest, future: asyncio.Future[Arrays]) -> None:
     """Make ``future`` fail at the request's deadline, unless ``batcher`` already does."""
-    if request.deadline is None or batcher.enforces_deadlines:
+    if batcher.enforces_deadlines or request.deadline is None or future.done():
         return
     handle = asyncio.get_running_loop().call_at(request.deadline, expire, future, request)
     future.add_done_callback(lambda _: handle.cancel())

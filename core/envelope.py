@@ -107,30 +107,33 @@ class CancelSignal:
     ``cancel`` only marks the request (a deadline passed: the batcher answers it). ``abandon`` is for
     a client that will never read the answer: it marks the request and calls off ``work``, what the
     admission pipeline queued for it (its future, or its generation stream, which aborts). ``finish``
-    says the answer went out: nothing is abandoned after that.
+    says the answer went out: nothing is abandoned after that. ``cancelled`` and ``abandoned`` are
+    read-only (plain attributes, because batchers read them per request).
     """
 
-    __slots__ = ("_abandoned", "_cancelled", "finished", "reason", "work")
+    __slots__ = ("abandoned", "cancelled", "finished", "reason", "work")
 
     def __init__(self) -> None:
-        self._cancelled = False
-        self._abandoned = False
+        #: Whether the request was called off (a deadline passed, or the client went away).
+        self.cancelled = False
+        #: Whether the client went away (not merely a deadline passing).
+        self.abandoned = False
         self.finished = False
         self.reason = ""
         #: The request's work in flight (set by the admission pipeline when it queues the request).
         self.work: Cancellable | None = None
 
     def cancel(self, reason: str = "cancelled") -> None:
-        if not self._cancelled:
-            self._cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
             self.reason = reason
 
     def abandon(self, reason: str = "client disconnected") -> None:
         """The client went away: mark the request and call off its work in flight."""
-        if self.finished or self._abandoned:
+        if self.finished or self.abandoned:
             return
         self.cancel(reason)
-        self._abandoned = True
+        self.abandoned = True
         work, self.work = self.work, None
         if work is not None:
             work.cancel()
@@ -139,15 +142,6 @@ class CancelSignal:
         """The answer went out (or failed): later disconnects change nothing."""
         self.finished = True
         self.work = None
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    @property
-    def abandoned(self) -> bool:
-        """Whether the client went away (not merely a deadline passing)."""
-        return self._abandoned
 
 
 class InferenceRequest:
@@ -247,7 +241,11 @@ class InferenceRequest:
 
     def shape_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can be concatenated along the first dimension."""
-        return tuple([(name, a.dtype, a.shape[1:]) for name, a in self.inputs.items()])
+        inputs = self.inputs
+        if len(inputs) == 1:  # the common case, without building a list (batchers call this per request)
+            for name, a in inputs.items():
+                return (name, a.dtype, a.shape[1:])
+        return tuple([(name, a.dtype, a.shape[1:]) for name, a in inputs.items()])
 
     def __repr__(self) -> str:
         return f"InferenceRequest(id={self.id!r}, model={self.model!r}, version={self.version!r}, rows={self.rows})"  # noqa: E501

@@ -17,12 +17,12 @@ next batch. The engine owns everything else:
 - shedding by priority: when the queue is full, a request of a higher priority takes the place of
   the newest queued request of the lowest lower priority (that one gets the 503), so batch or
   low-priority traffic is shed first;
-- background work: while requests above ``Priority.LOW`` keep arriving (one within the last
-  ``FOREGROUND_WINDOW`` seconds), low-priority requests (jobs, ``ladle batch``) take at most
-  ``background_share`` of an instance's time: after a batch that carried them ran for ``t``
-  seconds, the next such batch waits ``t * (1 / share - 1)``, and no batch of higher-priority
-  requests is filled up with them meanwhile. With no other traffic they run at full speed
-  (prioritised batchers only);
+- background work: while requests above ``Priority.LOW`` keep coming (a batch of them started
+  within the last ``FOREGROUND_WINDOW`` seconds), low-priority requests (jobs, ``ladle batch``)
+  take at most ``background_share`` of an instance's time: after a batch that carried them ran for
+  ``t`` seconds, the next such batch waits ``t * (1 / share - 1)``, and no batch of
+  higher-priority requests is filled up with them meanwhile. With no other traffic they run at
+  full speed (prioritised batchers only);
 - the fast path: with the queue empty and an instance idle (ready, fewer batches in flight than
   ``instance_concurrency``), the request is dispatched at once as a batch of one;
 - the queue: ``collections.deque`` lanes of ``(request, future)`` pairs, bounded by
@@ -58,11 +58,11 @@ import math
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from pydantic import Field
 
-from .batch_watch import TIMER_SLACK, BatchWatch
+from .batch_watch import TIMER_SLACK, BatchWatches
 from .batching import Batcher, BatchObserver, ReplicaSet
 from .envelope import Arrays, Batch, InferenceRequest, Priority
 from .errors import (
@@ -147,6 +147,8 @@ class QueueingBatcher(WaitAdmission, Batcher):
         self._lanes: list[deque[QueueEntry]] = [
             deque() for _ in range(len(Priority) if self.prioritised else 1)
         ]
+        #: The lane of each priority (every priority shares the one lane without priority lanes).
+        self._lane_of = self._lanes if self.prioritised else self._lanes * len(Priority)
         self._queued = 0
         self._queued_rows = 0
         self._dispatched = 0  # requests handed to instances and not yet answered
@@ -158,6 +160,7 @@ class QueueingBatcher(WaitAdmission, Batcher):
         self._watcher: asyncio.Task[None] | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_at = math.inf
+        self._watches = BatchWatches(self)
         self._hold_timer: asyncio.TimerHandle | None = None
         self._admit = self.settings.admission == "predicted-wait"
         self._shed_error = TooManyRequestsError if self.settings.shed_status == 429 else ServerBusyError
@@ -174,7 +177,7 @@ class QueueingBatcher(WaitAdmission, Batcher):
         share = self.settings.background_share
         #: Pause after a batch of low-priority work per second it ran (``None``: no limit).
         self._background_pause = 1.0 / share - 1.0 if self.prioritised and share < 1 else None
-        self._foreground_at = -math.inf  # when the last request above LOW arrived
+        self._foreground_at = -math.inf  # when the last batch of requests above LOW started
         self._background_at = 0.0  # when low-priority work may start again while others arrive
 
     # the data path ---------------------------------------------------------------------------
@@ -196,29 +199,27 @@ class QueueingBatcher(WaitAdmission, Batcher):
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Arrays] = loop.create_future()
-        held = False  # background work waiting its turn (module docstring)
-        if request.priority is not _LOW:
-            self._foreground_at = now
-        elif self._background_wait(now) > 0:
-            held = True
-        if not self._queued and not held:
-            instance = self._idle_instance()
-            if instance is not None:
-                self._dispatch(instance, [request], [future])
-                return future
-            if not self._serviceable():
-                raise self._no_live_instance()
-        if deadline is not None and not held:
-            # every queued request pays this: a few reads and float operations
-            step = self._wait_step  # 0: admission off, nothing measured, stale, or no instance
-            if not step and self._batch_time and self._admit:
-                self._refresh_wait()
-                step = self._wait_step
-                if not step:  # no instance in the set yet: count the one starting
+        priority = request.priority
+        held = priority is _LOW and self._background_wait(now) > 0  # background work waits its turn
+        queued = self._queued
+        if not held:
+            if not queued:
+                instance = self._idle_instance()
+                if instance is not None:
+                    self._dispatch(instance, [request], [future])
+                    return future
+                if not self._serviceable():
+                    raise self._no_live_instance()
+            if deadline is not None:
+                # every queued request pays this: a few reads and float operations
+                step = self._wait_step  # 0: admission off, nothing measured, stale, or no instance
+                if step:
+                    if self._wait_base + queued * step > deadline - now:  # may miss: look closer
+                        self._check_wait(request, deadline, now)
+                elif self._batch_time and self._admit:
+                    self._refresh_wait()
                     self._check_wait(request, deadline, now)
-            if step and self._wait_base + self._queued * step > deadline - now:  # may miss: look closer
-                self._check_wait(request, deadline, now)
-        if self._queued >= self._max_queue_size and not self._shed_lower(request.priority):
+        if queued >= self._max_queue_size and not self._shed_lower(priority):
             self.observer.requests_dropped((request,), ServerBusyError.code)
             raise ServerBusyError(
                 f"the queue of model {self.replicas.model!r} version {self.replicas.version!r} is full "
@@ -226,7 +227,7 @@ class QueueingBatcher(WaitAdmission, Batcher):
                 retry_after=self.settings.retry_after,
                 queue_size=self._max_queue_size,
             )
-        self._lanes[request.priority if self.prioritised else 0].append((request, future))
+        self._lane_of[priority].append((request, future))
         self._queued += 1
         self._queued_rows += rows
         if deadline is not None and deadline < self._deadline_at:
@@ -308,7 +309,9 @@ class QueueingBatcher(WaitAdmission, Batcher):
         errors: list[str | None]
         outputs: list[Arrays | None] | None = None
         ran = started
-        watch = BatchWatch.arm(self, instance, requests, futures)
+        if requests[0].priority is not _LOW:  # lanes in priority order: foreground work is running
+            self._foreground_at = started
+        watch = self._watches.arm(instance, requests, futures)
         try:
             batch = self._make_batch(requests)
             ran = time.monotonic()
@@ -329,19 +332,27 @@ class QueueingBatcher(WaitAdmission, Batcher):
                     future.set_exception(error)
             errors = [error.code] * len(requests)
         else:
-            errors = []
-            outputs = []
-            for future, result in zip(futures, results, strict=True):
-                if isinstance(result, LadleError):
-                    errors.append(result.code)
-                    outputs.append(None)
+            if any([isinstance(result, LadleError) for result in results]):
+                errors = []
+                outputs = []
+                for future, result in zip(futures, results, strict=True):
+                    if isinstance(result, LadleError):
+                        errors.append(result.code)
+                        outputs.append(None)
+                        if not future.done():
+                            future.set_exception(result)
+                    else:
+                        errors.append(None)
+                        outputs.append(result)
+                        if not future.done():
+                            future.set_result(result)
+            else:  # the usual batch: every request has its outputs
+                answered = cast("list[Arrays]", results)
+                for future, arrays in zip(futures, answered, strict=True):
                     if not future.done():
-                        future.set_exception(result)
-                else:
-                    errors.append(None)
-                    outputs.append(result)
-                    if not future.done():
-                        future.set_result(result)
+                        future.set_result(arrays)
+                errors = [None] * count
+                outputs = cast("list[Arrays | None]", answered)
         if watch is not None:
             watch.cancel()
         if self._retried:
@@ -412,7 +423,7 @@ class QueueingBatcher(WaitAdmission, Batcher):
         earliest = math.inf
         rows = 0
         for request, future in reversed(entries):
-            self._lanes[request.priority if self.prioritised else 0].appendleft((request, future))
+            self._lane_of[request.priority].appendleft((request, future))
             rows += request.rows
             if request.deadline is not None and request.deadline < earliest:
                 earliest = request.deadline
@@ -621,6 +632,7 @@ class QueueingBatcher(WaitAdmission, Batcher):
             self._deadline_timer.cancel()
             self._deadline_timer = None
             self._deadline_at = math.inf
+        self._watches.close()
 
     @property
     def queue_depth(self) -> int:

@@ -70,6 +70,7 @@ class VersionEndpoint:
         #: An operator's instance count for this version (``resources.replicas``), if one was given.
         self.requested = requested
         self.generates = type(batcher).streams
+        self._expires = not batcher.enforces_deadlines
         self.signature: Signature | None = None
         self.loaded_at = 0.0
         #: Optional check of a request's inputs before it queues (raises a 4xx ``LadleError``).
@@ -104,15 +105,20 @@ class VersionEndpoint:
     def queue(self, request: InferenceRequest) -> Pending:
         """Hand a checked request to the batcher: ``submit`` for tensors, ``stream`` for a generation.
         A client that goes away cancels the future or aborts the stream."""
-        batcher = self.batcher
         if request.generation is not None:
-            stream = WatchedStream(batcher.stream(request))
+            stream = WatchedStream(self.batcher.stream(request))
             request.cancel.work = stream
             return Pending(self.model, self.version, stream=stream)
-        future = batcher.submit(request)
-        enforce_deadline(batcher, request, future)
+        return Pending(self.model, self.version, self.submit(request))
+
+    def submit(self, request: InferenceRequest) -> asyncio.Future[Arrays]:
+        """Hand a checked tensor request to the batcher; its future fails at the deadline (when the
+        batcher does not see to that itself) and is cancelled when the client goes away."""
+        future = self.batcher.submit(request)
+        if self._expires:  # known once: most batchers enforce deadlines, and this is per request
+            enforce_deadline(self.batcher, request, future)
         request.cancel.work = future
-        return Pending(self.model, self.version, future)
+        return future
 
     # lifecycle ---------------------------------------------------------------------------------
 
@@ -167,6 +173,9 @@ class ModelEndpoint:
         self.proceed: Proceed = chain(())
         #: The route of every request while the router is ``static`` (asked once per table).
         self.fixed_route: Route | None = None
+        #: The version every request without a named version goes to when nothing on the way needs
+        #: asking: a ``static`` router routing to this model, no experiment arms, no stages.
+        self.direct: VersionEndpoint | None = None
 
     def set_table(self, table: RoutingTable) -> None:
         """Swap the routing table."""
@@ -185,11 +194,27 @@ class ModelEndpoint:
         self.fixed_route = router.route(_TABLE_ONLY, table) if router.static and table.versions else None
         arms = {v: arm for v in self.versions if (arm := router.arm_of(v)) is not None}
         self.arms = arms or None
+        route = self.fixed_route
+        direct = None
+        if route is not None and not arms and not self.stages and route.primary.model == self.name:
+            direct = self.versions.get(route.primary.version)
+        self.direct = direct
+
+    def add_version(self, version: str, endpoint: VersionEndpoint) -> None:
+        """Serve ``endpoint`` as ``version`` (it takes traffic once a routing table names it)."""
+        self.versions[version] = endpoint
+        self._derive()
+
+    def remove_version(self, version: str) -> None:
+        """Stop serving ``version`` (take it out of the routing table first)."""
+        del self.versions[version]
+        self._derive()
 
     def set_stages(self, stages: tuple[Stage, ...]) -> None:
         """Swap the delivery stages (outermost first); ``()`` is the plain path."""
         self.proceed = chain(stages)
         self.stages = stages
+        self._derive()
 
     def loaded(self, version: str) -> VersionEndpoint:
         """The endpoint of a loaded version; ``ModelNotFoundError`` naming the loaded ones otherwise."""
@@ -254,7 +279,7 @@ class ModelManager:
         self.failures: dict[str, str] = {}
         self.placements: dict[str, Placement] = {}
         #: The one admission pipeline of this server's data path.
-        self.admission = Admission(self.endpoint, served=self.models)
+        self.admission = Admission(self.models, self.endpoint)
 
     # lookups (data path) -----------------------------------------------------------------------
 
@@ -464,7 +489,7 @@ class ModelManager:
             with contextlib.suppress(Exception):
                 await version_endpoint.stop(0)
             raise
-        endpoint.versions[version] = version_endpoint
+        endpoint.add_version(version, version_endpoint)
         self.failures.pop(f"{model}/{version}", None)  # it serves now, whatever failed before
         self.failures.pop(model, None)
         for listener in self.version_listeners:
@@ -516,7 +541,7 @@ class ModelManager:
         endpoint.set_table(
             replace(table, versions=tuple(v for v in table.versions if v != version), weights=weights)
         )
-        del endpoint.versions[version]
+        endpoint.remove_version(version)
         await target.stop(self.config.server.drain_timeout if drain_timeout is None else drain_timeout)
         for listener in self.version_listeners:
             listener(model, version, None)

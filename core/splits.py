@@ -120,8 +120,9 @@ class WeightedSplit:
         return self._routes[bisect_right(self._bounds, bucket)]
 
     def for_key(self, key: str) -> Route:
-        """The route of a routing key (sticky)."""
-        return self._routes[bisect_right(self._bounds, stable_bucket(key))]
+        """The route of a routing key (sticky): ``stable_bucket`` inline, as this runs per request."""
+        bucket = int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "big") % BUCKETS
+        return self._routes[bisect_right(self._bounds, bucket)]
 
     def pick(self) -> Route:
         """A route drawn at random in proportion to the weights."""
@@ -190,7 +191,8 @@ class WeightedRouter(Router):
         return cache[1]
 
     def route(self, request: InferenceRequest, table: RoutingTable) -> Route:
-        split = self.split(table)
+        cache = self._cache
+        split = cache[1] if cache is not None and cache[0] is table else self.split(table)
         key = request.routing_key
         if key is not None and self.sticky:
             return split.for_key(key)

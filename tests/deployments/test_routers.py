@@ -47,6 +47,11 @@ def test_the_bucket_of_a_key_is_the_same_in_another_process() -> None:
     assert all(0 <= stable_bucket(f"k{i}") < BUCKETS for i in range(1000))
 
 
+def test_a_keys_route_is_the_owner_of_its_stable_bucket() -> None:
+    split = WeightedSplit(table(**{"1": 70.0, "2": 20.0, "3": 10.0}))
+    assert all(split.for_key(k) is split.for_bucket(stable_bucket(k)) for k in KEYS[:2000])
+
+
 def test_random_requests_follow_the_weights() -> None:
     router = CanaryRouter({"run": 1})
     t = table(**{"1": 90.0, "2": 10.0})

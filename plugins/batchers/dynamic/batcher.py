@@ -126,15 +126,14 @@ class DynamicBatcher(QueueingBatcher):
     def _take(self, now: float) -> Taken | None:
         cap = self._row_cap()
         budget = self._budget(cap)
-        pads = self.replicas.pads
-        requests: list[InferenceRequest] = []
-        futures: list[Any] = []
+        layout = _padding_key if self.replicas.pads else InferenceRequest.shape_key
+        taken: list[QueueEntry] = []
         rows = 0
         key: tuple[Any, ...] | None = None
         expired: list[QueueEntry] = []
         cancelled: list[QueueEntry] = []
         too_large: list[QueueEntry] = []
-        removed_rows = 0
+        dropped_rows = 0
         for lane in self._lanes:
             if not lane:
                 continue
@@ -145,41 +144,42 @@ class DynamicBatcher(QueueingBatcher):
                 size = request.rows
                 if request.deadline is not None and request.deadline <= now:
                     expired.append(entry)
-                    removed_rows += size
+                    dropped_rows += size
                     continue
                 if future.done() or request.cancel.cancelled:
                     cancelled.append(entry)
-                    removed_rows += size
+                    dropped_rows += size
                     continue
                 if size > cap:  # the runtime's cap shrank after this request was admitted
                     too_large.append(entry)
-                    removed_rows += size
+                    dropped_rows += size
                     continue
-                if requests:
+                if taken:
                     if rows + size > budget:
                         lane.appendleft(entry)  # not overtaken by later, smaller requests
                         break
                     if key is None:
-                        key = _padding_key(requests[0]) if pads else requests[0].shape_key()
-                    if (_padding_key(request) if pads else request.shape_key()) != key:
+                        key = layout(taken[0][0])
+                    if layout(request) != key:
                         skipped.append(entry)
                         if len(skipped) >= _SCAN_LIMIT:
                             break
                         continue
-                requests.append(request)
-                futures.append(future)
+                taken.append(entry)
                 rows += size
-                removed_rows += size
                 if rows >= budget:
                     break
             if skipped:
                 lane.extendleft(reversed(skipped))
-            if requests and (lane or rows >= budget):
+            if taken and (lane or rows >= budget):
                 break  # strict priority: lower lanes join only once this lane is emptied
-        self._removed(len(requests) + len(expired) + len(cancelled) + len(too_large), removed_rows)
+        self._removed(len(taken) + len(expired) + len(cancelled) + len(too_large), rows + dropped_rows)
         if expired or cancelled or too_large:
             self._drop(expired, cancelled, too_large)
-        return (requests, futures) if requests else None
+        if not taken:
+            return None
+        requests, futures = map(list, zip(*taken, strict=True))
+        return requests, futures
 
     def _make_batch(self, requests: list[InferenceRequest]) -> Batch:
         if len(requests) > 1 and self.replicas.pads:
