@@ -226,9 +226,8 @@ class RayPlacement(Placement):
         """The model's placement options, checked (``ConfigError`` names each bad one)."""
         return parse_options(RayModelOptions, config.placement.options, f"placement 'ray' of model {model!r}")
 
-    def actor_options(self, spec: RuntimeSpec, index: int, config: ModelConfig) -> dict[str, Any]:
-        """What ``ActorClass.options`` gets for this instance."""
-        chosen = self.model_options(spec.model, config)
+    def actor_options(self, spec: RuntimeSpec, index: int, chosen: RayModelOptions) -> dict[str, Any]:
+        """What ``ActorClass.options`` gets for this instance, from its model's placement options."""
         gpu = spec.device.startswith("cuda")
         num_gpus = chosen.num_gpus if chosen.num_gpus is not None else (1.0 if gpu else 0.0)
         if gpu and num_gpus == 0:
@@ -255,13 +254,13 @@ class RayPlacement(Placement):
         return options
 
     def create(self, spec: RuntimeSpec, index: int, config: ModelConfig) -> Instance:
-        options = self.actor_options(spec, index, config)
+        chosen = self.model_options(spec.model, config)
+        options = self.actor_options(spec, index, chosen)
         if spec.device.startswith("cuda"):
             spec = replace(spec, device="cuda:0")  # Ray shows the actor only its own GPUs
         key = (spec.model, spec.version, index)
-        chosen = self.model_options(spec.model, config)
         # A graph's loop holds the actor for its driver: an actor the fronts share takes plain calls.
-        compiled = chosen.compiled_graph and "name" not in options
+        compiled = chosen.compiled_graph and self.connection.group is None
         executor = PlacedActor(
             spec,
             self.host,
