@@ -14,6 +14,9 @@ from .errors import ConfigError
 
 __all__ = ["migrate", "open_sqlite"]
 
+#: Seconds ``open_sqlite`` keeps trying while another process holds the file.
+_LOCKED_PATIENCE = 10.0
+
 
 def open_sqlite(
     path: Path, kind: str, migrations: Sequence[str], *, synchronous: Literal["NORMAL", "FULL"]
@@ -35,7 +38,7 @@ def open_sqlite(
     except sqlite3.Error as exc:
         raise ConfigError(f"{where}: cannot open: {exc}", file=str(path)) from None
     try:
-        migrate(connection, path, kind, migrations, synchronous=synchronous)
+        _migrate_when_free(connection, path, kind, migrations, synchronous)
     except ConfigError:
         connection.close()
         raise
@@ -46,6 +49,26 @@ def open_sqlite(
             file=str(path),
         ) from None
     return connection
+
+
+def _migrate_when_free(
+    db: sqlite3.Connection,
+    path: Path,
+    kind: str,
+    migrations: Sequence[str],
+    synchronous: Literal["NORMAL", "FULL"],
+) -> None:
+    """``migrate``, again while another process holds the file (several fronts, or a job's input
+    reader, opening it at once): switching to WAL does not wait for a lock as transactions do."""
+    deadline = time.monotonic() + _LOCKED_PATIENCE
+    while True:
+        try:
+            migrate(db, path, kind, migrations, synchronous=synchronous)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def migrate(
@@ -67,16 +90,21 @@ def migrate(
     if check != "ok":
         raise ConfigError(f"{where}: integrity check failed: {check}", file=str(path))
     latest = len(migrations)
+    db.execute("BEGIN")  # one snapshot for both reads: another process may be migrating the file
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    tables = int(db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
+    db.execute("COMMIT")
     if version > latest:
         raise ConfigError(
             f"{where}: schema version {version} was written by a newer ladle (this one knows {latest})",
             file=str(path),
         )
-    if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+    if version == 0 and tables:
         raise ConfigError(f"{where}: an SQLite file that is not a ladle {kind}", file=str(path))
     try:
         db.execute("BEGIN IMMEDIATE")
+        # Another process may have migrated the file since it was read: read again, under the lock.
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
         for index in range(version, latest):
             for statement in migrations[index].split(";"):
                 if statement.strip():
