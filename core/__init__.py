@@ -10,7 +10,7 @@ module is an implementation detail that may change without notice.
 from __future__ import annotations
 
 from .admission import Admission, Answer, AnswerStream, Call, Pending, Stage
-from .batching import Batcher, BatchObserver, ReplicaSet
+from .batching import Batcher, BatchObserver, Foreground, ReplicaSet
 from .config import ModelConfig, ServerConfig
 from .envelope import (
     Arrays,
@@ -111,6 +111,7 @@ __all__ = [
     "DuplicatePluginError",
     "Executor",
     "FinishReason",
+    "Foreground",
     "GenerationChunk",
     "GenerationPayload",
     "GenerationResult",

@@ -20,6 +20,7 @@ is not there by then. A batcher that keeps that promise itself, queued and runni
 from __future__ import annotations
 
 import asyncio
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -31,7 +32,15 @@ from .instance import Instance
 if TYPE_CHECKING:
     from .generation import GenerationStream
 
-__all__ = ["BatchObserver", "Batcher", "NullObserver", "ReplicaSet", "enforce_deadline", "expire"]
+__all__ = [
+    "BatchObserver",
+    "Batcher",
+    "Foreground",
+    "NullObserver",
+    "ReplicaSet",
+    "enforce_deadline",
+    "expire",
+]
 
 
 class BatchObserver(Protocol):
@@ -69,6 +78,30 @@ class NullObserver:
         return None
 
 
+class Foreground:
+    """When work above ``Priority.LOW`` last ran anywhere in the server (``time.monotonic()``).
+
+    Every replica set of a server shares one, so background work (jobs, batch scoring) is paced
+    while any model serves online traffic, not only its own: on shared cores the job's decoding,
+    storing and model calls slow every model's requests. Batchers ``mark`` it when foreground work
+    starts (and a long one when it ends); ``recent`` says whether some ran in the last ``window``
+    seconds.
+    """
+
+    __slots__ = ("at",)
+    #: Seconds after foreground work last ran during which background work is paced.
+    window: ClassVar[float] = 0.25
+
+    def __init__(self) -> None:
+        self.at = -math.inf
+
+    def mark(self, at: float) -> None:
+        self.at = at
+
+    def recent(self, now: float) -> bool:
+        return now - self.at <= self.window
+
+
 class ReplicaSet:
     """The instances serving one version; placements add and remove instances here.
 
@@ -79,11 +112,13 @@ class ReplicaSet:
     unknown). ``standby`` is true while the version has no instance on purpose (scaled to zero);
     ``wake``, when set, is what a batcher calls when a request finds no live instance and nothing
     pending: it starts one if the version's policy allows, and says whether one is on its way.
+    ``foreground`` is the server's ``Foreground`` (a set of its own when none is given).
     """
 
-    def __init__(self, model: str, version: str) -> None:
+    def __init__(self, model: str, version: str, foreground: Foreground | None = None) -> None:
         self.model = model
         self.version = version
+        self.foreground = foreground if foreground is not None else Foreground()
         self.instances: list[Instance] = []
         self.changed = asyncio.Event()
         self.pending = 0

@@ -17,12 +17,15 @@ next batch. The engine owns everything else:
 - shedding by priority: when the queue is full, a request of a higher priority takes the place of
   the newest queued request of the lowest lower priority (that one gets the 503), so batch or
   low-priority traffic is shed first;
-- background work: while requests above ``Priority.LOW`` keep coming (a batch of them started
-  within the last ``FOREGROUND_WINDOW`` seconds), low-priority requests (jobs, ``ladle batch``)
-  take at most ``background_share`` of an instance's time: after a batch that carried them ran for
-  ``t`` seconds, the next such batch waits ``t * (1 / share - 1)``, and no batch of
-  higher-priority requests is filled up with them meanwhile. With no other traffic they run at
-  full speed (prioritised batchers only);
+- background work: while requests above ``Priority.LOW`` keep coming to any model of the server
+  (foreground work started within the last quarter second, as the replica set's shared
+  ``Foreground`` tells), low-priority requests (jobs, ``ladle batch``) take at most
+  ``background_share`` of an instance's time: after a batch that carried them ran for ``t``
+  seconds, the next such batch waits ``t * (1 / share - 1)``, and no batch of higher-priority
+  requests is filled up with them meanwhile. With no other traffic they run at full speed
+  (prioritised batchers only). A batch cannot be interrupted, so every online request that arrives
+  while a background batch runs waits for it: the share is about the fraction of online requests
+  that wait, and the default (0.001) keeps it under a tenth of the 1% a p99 is made of;
 - the fast path: with the queue empty and an instance idle (ready, fewer batches in flight than
   ``instance_concurrency``), the request is dispatched at once as a batch of one;
 - the queue: ``collections.deque`` lanes of ``(request, future)`` pairs, bounded by
@@ -91,9 +94,6 @@ CANCELLED = "cancelled"
 _READY = InstanceState.READY
 _FAILED = InstanceState.FAILED
 _LOW = Priority.LOW
-#: Seconds after the last request above ``Priority.LOW`` during which background work is held to
-#: ``background_share``.
-FOREGROUND_WINDOW = 0.25
 _LIVE = (InstanceState.LOADING, InstanceState.WARMING, InstanceState.READY)
 _TIMER_SLACK = TIMER_SLACK
 #: Weight of the newest batch in the measured batch time and batch fill.
@@ -117,7 +117,7 @@ class QueueOptions(PluginOptions):
         default=3, ge=0, description="batches in a row that overrun before the instance fails (0: never)"
     )
     background_share: float = Field(
-        default=0.02,
+        default=0.001,
         gt=0,
         le=1,
         description="share of instance time low-priority work gets while other requests arrive (1: all)",
@@ -177,7 +177,7 @@ class QueueingBatcher(WaitAdmission, Batcher):
         share = self.settings.background_share
         #: Pause after a batch of low-priority work per second it ran (``None``: no limit).
         self._background_pause = 1.0 / share - 1.0 if self.prioritised and share < 1 else None
-        self._foreground_at = -math.inf  # when the last batch of requests above LOW started
+        self._foreground = replicas.foreground
         self._background_at = 0.0  # when low-priority work may start again while others arrive
 
     # the data path ---------------------------------------------------------------------------
@@ -238,7 +238,7 @@ class QueueingBatcher(WaitAdmission, Batcher):
 
     def _background_wait(self, now: float) -> float:
         """Seconds before low-priority work may start (0 or less: now; see the module docstring)."""
-        if self._background_pause is None or now - self._foreground_at > FOREGROUND_WINDOW:
+        if self._background_pause is None or not self._foreground.recent(now):
             return 0.0
         return self._background_at - now
 
@@ -310,7 +310,7 @@ class QueueingBatcher(WaitAdmission, Batcher):
         outputs: list[Arrays | None] | None = None
         ran = started
         if requests[0].priority is not _LOW:  # lanes in priority order: foreground work is running
-            self._foreground_at = started
+            self._foreground.mark(started)
         watch = self._watches.arm(instance, requests, futures)
         try:
             batch = self._make_batch(requests)

@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from .admission import Admission, Pending, Proceed, Stage, WatchedStream, chain
-from .batching import Batcher, BatchObserver, ReplicaSet, enforce_deadline
+from .batching import Batcher, BatchObserver, Foreground, ReplicaSet, enforce_deadline
 from .config import DEFAULT_BATCHER, ModelConfig, ServerConfig
 from .envelope import Arrays, InferenceRequest
 from .errors import ConfigError, InvalidRequestError, LadleError, ModelNotFoundError, PluginError
@@ -270,6 +270,8 @@ class ModelManager:
         self._observers = observers
         self._progress = progress
         self.version_listeners: list[VersionListener] = []
+        #: When online work last ran in any model (shared by every replica set; paces background work).
+        self.foreground = Foreground()
         #: Told when the start failed (``ladle serve`` stops then); see ``loading``.
         self.start_failed: list[StartFailedListener] = []
         self.keep_going = config.server.keep_going
@@ -477,7 +479,7 @@ class ModelManager:
         if version in endpoint.versions:
             raise ConfigError(f"version {version!r} of model {model!r} is already loaded", model=model)
         placement = self.placement(config.placement.name)
-        replicas = ReplicaSet(model, version)
+        replicas = ReplicaSet(model, version, self.foreground)
         observer = self._observers(model, version) if self._observers else None
         batcher_name, batcher_options = self._batcher_choice(config, spec)
         batcher = self._new_batcher(batcher_name, replicas, batcher_options, observer)

@@ -93,7 +93,9 @@ def test_loading_routes_unloading_and_hooks(tmp_path: Path) -> None:
         assert not manager.ready  # one model failed, so the server is not ready; the other still serves
         good = manager.endpoint("good")
         assert good.table.versions == ("1", "2") and recorder.started == 1
+        online_before = manager.foreground.at
         assert infer(loop, server, "good").tolist() == [[3.0]]
+        assert manager.foreground.at > online_before  # the server's one clock paces background work
         assert [s for m, v, s in recorder.states if (m, v) == ("good", "1")][:3] == [
             InstanceState.LOADING,
             InstanceState.WARMING,
@@ -108,6 +110,7 @@ def test_loading_routes_unloading_and_hooks(tmp_path: Path) -> None:
         assert ("good", "2", InstanceState.STOPPED) in recorder.states
         loop.run_until_complete(manager.load_version("good", "2"))
         assert good.table.versions == ("1", "2")  # loaded, warmed, then given traffic
+        assert good.versions["2"].replicas.foreground is manager.foreground
     finally:
         loop.run_until_complete(server.stop())
         loop.close()

@@ -23,6 +23,7 @@ from ladle import (
     Arrays,
     Batch,
     Batcher,
+    Foreground,
     InferenceRequest,
     Instance,
     InstanceFailedError,
@@ -194,8 +195,10 @@ async def rig(
     runtime: str = "recording",
     runtime_options: dict[str, Any] | None = None,
     executors: Sequence[type[ThreadExecutor]] = (),
+    foreground: Foreground | None = None,
 ) -> AsyncIterator[Rig]:
-    """Start ``instances`` instances and a batcher; stop everything afterwards."""
+    """Start ``instances`` instances and a batcher (of a replica set sharing ``foreground`` when
+    given); stop everything afterwards."""
     probe = Probe()
     key = uuid.uuid4().hex
     PROBES[key] = probe
@@ -203,7 +206,7 @@ async def rig(
     spec = RuntimeSpec(
         runtime, ".", model="m", version="1", options={"probe": key, **(runtime_options or {})}
     )
-    replicas = ReplicaSet("m", "1")
+    replicas = ReplicaSet("m", "1", foreground)
     observer = RecordingObserver()
     batcher = batcher_class(replicas, options or {}, observer)
     setup = Rig(batcher, replicas, probe, observer, host, spec)

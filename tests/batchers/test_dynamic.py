@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ladle import ConfigError, DeadlineExceededError, PayloadTooLargeError, PluginHost, Priority, ReplicaSet
+from ladle import (
+    ConfigError,
+    DeadlineExceededError,
+    Foreground,
+    PayloadTooLargeError,
+    PluginHost,
+    Priority,
+    ReplicaSet,
+)
 from ladle.plugins.batchers.dynamic.batcher import DynamicBatcher
 
 from .fakes import outcome, request, rig, run_async, turns, until
@@ -315,12 +323,35 @@ async def test_background_work_takes_its_share_of_the_instance_while_other_reque
 
 @run_async
 async def test_background_work_runs_back_to_back_when_nothing_else_arrives() -> None:
-    async with rig(DynamicBatcher, {"max_batch_size": 4}) as r:  # share 0.02: a pause would be >= 4.9 s
+    async with rig(DynamicBatcher, {"max_batch_size": 4}) as r:  # share 0.001: a pause would be >= 99.9 s
         finished = await _slow_batch(r, request(1.0, priority=Priority.LOW), 0.1)
         job_b = request(2.0, priority=Priority.LOW)
         await r.batcher.submit(job_b)
         started = next(call.at for call in r.probe.calls if job_b.id in call.ids)
         assert started - finished < 0.5
+
+
+@run_async
+async def test_online_traffic_to_another_model_paces_background_work_too() -> None:
+    shared = Foreground()  # what the replica sets of one server share
+    options = {"max_batch_size": 4, "background_share": 0.5}
+    async with (
+        rig(DynamicBatcher, options, foreground=shared) as online,
+        rig(DynamicBatcher, options, foreground=shared) as jobs,
+    ):
+        await online.batcher.submit(request())  # the other model serves online traffic
+        finished = await _slow_batch(jobs, request(1.0, priority=Priority.LOW), 0.1)
+        job_b = request(2.0, priority=Priority.LOW)
+        await jobs.batcher.submit(job_b)
+        started = next(call.at for call in jobs.probe.calls if job_b.id in call.ids)
+        assert started - finished >= 0.095
+    async with rig(DynamicBatcher, options) as online, rig(DynamicBatcher, options) as jobs:
+        await online.batcher.submit(request())  # another server's traffic: nothing to pace for
+        finished = await _slow_batch(jobs, request(1.0, priority=Priority.LOW), 0.1)
+        job_b = request(2.0, priority=Priority.LOW)
+        await jobs.batcher.submit(job_b)
+        started = next(call.at for call in jobs.probe.calls if job_b.id in call.ids)
+        assert started - finished < 0.05
 
 
 def test_background_share_is_validated() -> None:

@@ -37,6 +37,7 @@ from ladle import (
     InvalidInputError,
     LadleError,
     ModelNotReadyError,
+    Priority,
     ReplicaSet,
     SamplingParams,
     StepRuntime,
@@ -199,6 +200,7 @@ class ContinuousBatcher(Batcher):
         else:
             tokens = list(payload.prompt or ())
         engine = self._engine_for(tokens)
+        self._foreground(request)
         try:
             stream = engine.generate(
                 tokens,
@@ -213,8 +215,14 @@ class ContinuousBatcher(Batcher):
         stream.on_end = lambda error: self._report(request, stream.first_at, error)
         return stream
 
+    def _foreground(self, request: InferenceRequest) -> None:
+        """Online generations pace the server's background work from their start to their end."""
+        if request.priority is not Priority.LOW:
+            self.replicas.foreground.mark(time.monotonic())
+
     def _report(self, request: InferenceRequest, first_at: float, error: BaseException | None) -> None:
         """One stats record per request, when it leaves the engine."""
+        self._foreground(request)
         if isinstance(error, asyncio.CancelledError):
             self.observer.requests_dropped((request,), CANCELLED)
             return
@@ -232,6 +240,7 @@ class ContinuousBatcher(Batcher):
         params = SamplingParams.from_mapping(request.parameters, strict=False)
         prompts = [_text(value) for value in np.asarray(data).reshape(-1)]
         engine = self._engine()
+        self._foreground(request)
         streams: list[TokenStream] = []
         try:
             for prompt in prompts:
