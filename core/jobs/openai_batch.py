@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -37,10 +39,11 @@ from ..errors import InvalidRequestError, LadleError
 from ..http.generation_api import openai_error_body, openai_payload, openai_response
 from ..serving import ModelManager
 from .files import FileRecord
+from .intake import CHUNKS_PER_WRITE, InputReader
 from .records import RecordChunk, parse_line
 from .runner import Scorer
 from .scoring import ScoredChunk, retrying
-from .store import JobRecord, JobStore, new_id
+from .store import JobRecord, JobStore, StoredChunk, new_id
 
 __all__ = ["ENDPOINTS", "BatchFileError", "OpenAIBatches", "batch_object", "completion_window"]
 
@@ -76,43 +79,18 @@ class OpenAIBatches:
         self.manager = manager
         self.settings = settings
 
-    def prepare(self, job: JobRecord) -> int:
-        source = self.store.batch_files.get(str(job.params.get("input_file_id")))
-        if source is None:
+    def reader(self, job: JobRecord) -> InputReader:
+        file_id = str(job.params.get("input_file_id"))
+        if self.store.batch_files.get(file_id) is None:
             raise InvalidRequestError("the batch's input file was deleted before the batch ran")
-        endpoint = job.params["endpoint"]
-        lines: list[Any] = []
-        problems: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for number, line in enumerate(_lines(self.store.batch_files.content(source)), 1):
-            if number > self.settings.max_records:
-                problems.append(
-                    _problem("too_many_requests", number, f"more than {self.settings.max_records} requests")
-                )
-                break
-            entry, why = parse_line(line)
-            if why is None:
-                why = _line_problem(entry, endpoint, seen)
-            if why is not None:
-                if len(problems) < _REPORTED_LINES:
-                    problems.append(_problem("invalid_request", number, why))
-                continue
-            lines.append({"custom_id": entry["custom_id"], "body": entry["body"]})
-        if not lines and not problems:
-            problems.append(_problem("empty_file", None, "the input file holds no requests"))
-        if problems:
-            first = problems[0]
-            where = f"line {first['line']}: " if first["line"] else ""
-            raise BatchFileError(
-                f"the batch input file does not validate: {where}{first['message']}", errors=problems
-            )
-        size = job.chunk_size
-        chunks: Iterator[tuple[int, int, bytes, dict[int, str]]] = (
-            (start, len(part), orjson.dumps(part), {})
-            for start in range(0, len(lines), size)
-            if (part := lines[start : start + size])
+        args = (
+            str(self.store.path),
+            file_id,
+            job.params["endpoint"],
+            self.settings.max_records,
+            job.chunk_size,
         )
-        return self.store.add_inputs(job.id, chunks)
+        return batch_chunks, args
 
     def scorer(self, job: JobRecord, slots: asyncio.Semaphore) -> Scorer:
         endpoint = job.params["endpoint"]
@@ -183,6 +161,55 @@ class OpenAIBatches:
                     part=part,
                     expires_at=job.expires_at,
                 )
+
+
+def batch_chunks(
+    store_path: str, file_id: str, endpoint: str, max_records: int, chunk_size: int
+) -> Iterator[list[StoredChunk]]:
+    """The lines of a batch input file (in the job store at ``store_path``), validated as a whole,
+    as stored chunks of ``chunk_size``; ``BatchFileError`` names the bad lines."""
+    store = JobStore(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True), Path(store_path))
+    try:
+        source = store.batch_files.get(file_id)
+        if source is None:
+            raise InvalidRequestError("the batch's input file was deleted before the batch ran")
+        lines = _valid_lines(store.batch_files.content(source), endpoint, max_records)
+    finally:
+        store.close()
+    chunks: list[StoredChunk] = [
+        (start, len(part), orjson.dumps(part), {})
+        for start in range(0, len(lines), chunk_size)
+        if (part := lines[start : start + chunk_size])
+    ]
+    for first in range(0, len(chunks), CHUNKS_PER_WRITE):
+        yield chunks[first : first + CHUNKS_PER_WRITE]
+
+
+def _valid_lines(content: Iterator[bytes], endpoint: str, max_records: int) -> list[Any]:
+    lines: list[Any] = []
+    problems: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for number, line in enumerate(_lines(content), 1):
+        if number > max_records:
+            problems.append(_problem("too_many_requests", number, f"more than {max_records} requests"))
+            break
+        entry, why = parse_line(line)
+        if why is None:
+            why = _line_problem(entry, endpoint, seen)
+        if why is not None:
+            if len(problems) < _REPORTED_LINES:
+                problems.append(_problem("invalid_request", number, why))
+            continue
+        lines.append({"custom_id": entry["custom_id"], "body": entry["body"]})
+    if not lines and not problems:
+        problems.append(_problem("empty_file", None, "the input file holds no requests"))
+    if problems:
+        first = problems[0]
+        where = f"line {first['line']}: " if first["line"] else ""
+        raise BatchFileError(
+            f"the batch input file does not validate: {where}{first['message']}", errors=problems
+        )
+    return lines
 
 
 def _lines(pieces: Iterator[bytes]) -> Iterator[bytes]:

@@ -1,12 +1,14 @@
 """The job runner: drains the job store through the admission pipeline as low-priority work.
 
-Every active job gets a task that reads its inputs (once, from its input file, into the store),
-then scores its chunks in order through the admission pipeline (``protocol="job"``,
-``Priority.LOW``) and stores each chunk's results as it completes. All jobs together keep at most
-``[jobs] concurrency`` requests in flight, so batch work fills the capacity online traffic leaves
-and the batchers serve online requests first. A starting server resumes its queued and running
-jobs at the chunks that have no results yet; a stopping one calls off what is in flight and
-stores nothing for it, so those chunks run again after the restart.
+Every active job gets a task that reads its inputs (once, from its input file, into the store:
+parsed by a reader process of its own at idle scheduling priority and paced while online requests
+arrive, so reading a large file takes neither the GIL nor the CPU they need; see
+``ladle.jobs.intake``), then scores its chunks in order through the admission
+pipeline (``protocol="job"``, ``Priority.LOW``) and stores each chunk's results as it completes.
+All jobs together keep at most ``[jobs] concurrency`` requests in flight, so batch work fills the
+capacity online traffic leaves and the batchers serve online requests first. A starting server
+resumes its queued and running jobs at the chunks that have no results yet; a stopping one calls
+off what is in flight and stores nothing for it, so those chunks run again after the restart.
 
 What a job does per kind (``predict`` records, ``openai`` batch lines) is a ``JobKind``.
 """
@@ -16,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import multiprocessing
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -28,7 +31,9 @@ import orjson
 from ..config import JobsSection
 from ..errors import InvalidRequestError, LadleError
 from ..serving import ModelManager
-from .records import InputFileError, RecordChunk, error_body, read_chunks
+from .child import ChildIterator
+from .intake import PUBLISH_INTERVAL, InputReader, record_chunks, store_inputs
+from .records import RecordChunk, error_body
 from .scoring import PredictScorer, ScoredChunk
 from .store import JobRecord, JobStore
 
@@ -49,14 +54,15 @@ class JobExpiredError(LadleError):
 
 
 class JobKind(Protocol):
-    """What a kind of job does; ``prepare`` and ``finished`` run in the store's thread."""
+    """What a kind of job does; ``reader`` and ``finished`` run in the store's thread."""
 
     #: Chunks of one job in flight at once.
     window: int
 
-    def prepare(self, job: JobRecord) -> int:
-        """Read the job's input into the store; returns its record count. Raises a ``LadleError``
-        when the input as a whole is unusable (the job then fails with it)."""
+    def reader(self, job: JobRecord) -> InputReader | None:
+        """How the job's input is read into the store (``None``: its records came with it). Raises a
+        ``LadleError`` when it cannot be read at all; the reader raises one (the job then fails with
+        it) when the input as a whole is unusable."""
 
     def scorer(self, job: JobRecord, slots: asyncio.Semaphore) -> Scorer:
         """How the job's chunks are scored, holding a slot of ``slots`` per request in flight."""
@@ -80,30 +86,13 @@ class PredictJobs:
         version = endpoint.loaded(job.version) if job.version is not None else endpoint.latest()
         return version.signature if version is not None else None
 
-    def prepare(self, job: JobRecord) -> int:
+    def reader(self, job: JobRecord) -> InputReader | None:
         path = self.store.input_path(job.id)
         if path is None:  # inline records are stored with the job
-            return job.total or 0
+            return None
         signature = self._signature(job)
         names = [s.name for s in signature.inputs] if signature is not None else []
-        limit = self.settings.max_records
-
-        def chunks() -> Iterator[tuple[int, int, bytes, dict[int, str]]]:
-            for chunk in read_chunks(Path(path), job.chunk_size, input_names=names):
-                if chunk.start + chunk.count > limit:
-                    raise InputFileError(
-                        f"input file {job.input_name!r}: record {limit + 1}: more than the "
-                        f"{limit} records a job may hold ([jobs] max_records)",
-                        max_records=limit,
-                    )
-                records = chunk.records if chunk.arrays is None else _rows(chunk)
-                blob = orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY)
-                yield chunk.start, chunk.count, blob, chunk.errors
-
-        try:
-            return self.store.add_inputs(job.id, chunks())
-        except OSError as exc:
-            raise InputFileError(f"input file {job.input_name!r} cannot be read: {exc.strerror}") from None
+        return record_chunks, (path, job.input_name, job.chunk_size, names, self.settings.max_records)
 
     def scorer(self, job: JobRecord, slots: asyncio.Semaphore) -> Scorer:
         assert job.model is not None
@@ -127,12 +116,6 @@ class PredictJobs:
 
     def finished(self, job: JobRecord) -> None:
         return None
-
-
-def _rows(chunk: RecordChunk) -> list[Any]:
-    assert chunk.arrays is not None
-    columns = {name: array.tolist() for name, array in chunk.arrays.items()}
-    return [{name: column[i] for name, column in columns.items()} for i in range(chunk.count)]
 
 
 class JobRunner:
@@ -224,7 +207,7 @@ class JobRunner:
             if kind is None:
                 raise InvalidRequestError(f"this server runs no {job.kind!r} jobs")
             if job.total is None:
-                await self.io(kind.prepare, job)
+                await self._read_inputs(job, kind)
             running = await self.io(self.store.mark_running, job_id)
             if running is None or running.finished:
                 return
@@ -244,6 +227,40 @@ class JobRunner:
         finished = await self.io(self._finish, job_id, status, error)
         if finished is not None and finished.status == status:
             self._after(finished)
+
+    async def _read_inputs(self, job: JobRecord, kind: JobKind) -> None:
+        """Read the job's input into the store with ``kind``'s reader, in a reader process that
+        writes the store itself (``store_inputs``): the serving process only waits for it."""
+        source = await self.io(kind.reader, job)
+        if source is None:
+            return
+        function, args = source
+        foreground = multiprocessing.get_context("spawn").RawValue("d", -math.inf)
+        reader: ChildIterator[int] = ChildIterator(
+            store_inputs,
+            str(self.store.path),
+            job.id,
+            function,
+            args,
+            foreground,
+            name="ladle-job-reader",
+            idle=True,
+        )
+        publisher = asyncio.get_running_loop().create_task(self._publish(foreground))
+        try:
+            reader.begin()
+            async for _ in reader:
+                pass
+        finally:
+            publisher.cancel()
+            reader.close()
+
+    async def _publish(self, foreground: Any) -> None:
+        """Keep a reader's copy of when online work last ran up to date."""
+        clock = self.manager.foreground
+        while True:
+            foreground.value = clock.at
+            await asyncio.sleep(PUBLISH_INTERVAL)
 
     async def _chunks(self, job: JobRecord, kind: JobKind) -> None:
         assert job.total is not None

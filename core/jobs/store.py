@@ -40,7 +40,12 @@ __all__ = [
     "STATUSES",
     "JobRecord",
     "JobStore",
+    "StoredChunk",
 ]
+
+#: Consecutive records of a job as stored: ``(start, count, JSON array of the records, why
+#: records are malformed by their offset)``.
+StoredChunk = tuple[int, int, bytes, dict[int, str]]
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema
@@ -317,27 +322,30 @@ class JobStore:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at, id"
         return [_job(row) for row in self.rows(sql)]
 
-    def add_inputs(self, job_id: str, chunks: Iterable[tuple[int, int, bytes, dict[int, str]]]) -> int:
-        """Store a job's records read from its input file (``(start, count, JSON array, errors)``
-        per chunk) and their total, in one transaction: a job has all its inputs or none. Returns
-        the total."""
-        total = 0
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.execute("DELETE FROM job_inputs WHERE job_id = ?", (job_id,))
-                for start, count, blob, errors in chunks:
-                    self.db.execute(
-                        "INSERT INTO job_inputs (job_id, start, records, errors) VALUES (?, ?, ?, ?)",
-                        (job_id, start, blob, _json({str(k): v for k, v in errors.items()})),
-                    )
-                    total = start + count
-                self.db.execute("UPDATE jobs SET total = ? WHERE id = ?", (total, job_id))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-        return total
+    def clear_inputs(self, job_id: str) -> None:
+        """Forget a job's stored records (before they are read again from its input)."""
+        self.write([("DELETE FROM job_inputs WHERE job_id = ?", (job_id,))])
+
+    def add_inputs(self, job_id: str, chunks: Iterable[StoredChunk]) -> int:
+        """Store some of a job's records (one transaction); returns the index after the last. The
+        job's ``total``, set once every record is stored (``set_total``), marks its inputs complete:
+        a job without one has its records read again."""
+        end = 0
+        statements = []
+        for start, count, blob, errors in chunks:
+            statements.append(
+                (
+                    "INSERT INTO job_inputs (job_id, start, records, errors) VALUES (?, ?, ?, ?)",
+                    (job_id, start, blob, _json({str(k): v for k, v in errors.items()})),
+                )
+            )
+            end = start + count
+        if statements:
+            self.write(statements)
+        return end
+
+    def set_total(self, job_id: str, total: int) -> None:
+        self.write([("UPDATE jobs SET total = ? WHERE id = ?", (total, job_id))])
 
     def input_chunk(self, job_id: str, start: int) -> tuple[list[Any], dict[int, str]]:
         """The records of the chunk at ``start`` and why any of them are malformed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +31,10 @@ def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 60.0, path:
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} did not finish: {state}")
         time.sleep(0.05)
+
+
+def silent(seconds: float) -> Iterator[int]:
+    """A reader process's generator that works for ``seconds`` before its one item (as a job's
+    input reader does: it sends nothing until all is stored)."""
+    time.sleep(seconds)
+    yield 0

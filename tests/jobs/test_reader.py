@@ -1,5 +1,6 @@
 """The reader process of ``ladle batch``: it prepares exactly what the scorer would prepare itself,
-raises the file's errors in the parent, and never outlives or hangs its parent."""
+raises the file's errors in the parent, and never outlives or hangs its parent, even one that sends
+nothing for long (a job's input reader)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import orjson
 import psutil
 import pytest
+from jobs_helpers import HERE
 
 from ladle.errors import LadleError, RuntimeFailureError
 from ladle.jobs.inputs import PreparedChunk, prepare_chunk
@@ -148,3 +150,31 @@ def test_an_array_file_is_sliced_in_this_process_and_text_is_parsed_in_a_reader(
     assert isinstance(reader, ChunkReader)
     (chunk,) = asyncio.run(read_all(reader, SIGNATURE))
     assert chunk.arrays is not None and chunk.count == 1
+
+
+def test_a_silent_reader_exits_as_soon_as_its_parent_is_killed(tmp_path: Path) -> None:
+    script = (
+        "import time\n"
+        "import jobs_helpers\n"
+        "from ladle.jobs.child import ChildIterator\n"
+        "if __name__ == '__main__':\n"
+        "    reader = ChildIterator(jobs_helpers.silent, 120.0, name='ladle-test-reader')\n"
+        "    reader.begin()\n"
+        "    print(reader.pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        time.sleep(0.5)
+        assert alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 5  # the child sends nothing: only its watch on the parent ends it
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(child), "the reader process outlived its parent"
+    finally:
+        parent.kill()

@@ -1,8 +1,11 @@
 """The job store: migrations and refusals at open, idempotent chunk results, retention, and a real
-server killed with SIGKILL mid-job that resumes with no record lost and none answered twice."""
+server killed with SIGKILL mid-job (scoring, or still reading its input) that resumes with no record
+lost and none answered twice."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import os
 import signal
 import socket
@@ -12,8 +15,10 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psutil
 import pytest
 from jobs_helpers import HERE, wait_for_job, write_repository
 
@@ -146,3 +151,75 @@ def test_a_server_killed_mid_job_resumes_with_no_record_lost_or_scored_twice(tmp
     twice = [value for value, count in scored.items() if count > 1]
     # Only what was in flight at the kill (two requests of ten records) is scored again.
     assert len(twice) <= 20, twice
+
+
+def test_a_server_killed_while_a_job_reads_its_input_reads_it_again_with_every_record_once(
+    tmp_path: Path,
+) -> None:
+    write_repository(tmp_path, {"fast": 'batcher = { name = "dynamic", max_batch_size = 1000 }\n'})
+    count = 300_000
+    (tmp_path / "in.jsonl").write_text("".join(f'{{"x": [{i}, 1]}}\n' for i in range(count)))
+    config = tmp_path / "ladle.toml"
+    config.write_text(
+        '[server]\nrepository = "models"\n[plugins]\nmodules = ["jobs_runtime"]\n'
+        '[jobs]\nstore = "jobs.sqlite3"\nbatch_rows = 1000\ninput_dirs = ["."]\n'
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    first = start_server(config, port)
+    try:
+        wait_live(url, first)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            job = client.post("/api/v1/models/fast/jobs", json={"input_file": "in.jsonl"}).json()
+        deadline = time.monotonic() + 60
+        job_id = (job["id"],)
+        with sqlite3.connect(f"file:{tmp_path / 'jobs.sqlite3'}?mode=ro", uri=True) as db:
+            while time.monotonic() < deadline:  # some records stored, the total not yet
+                stored = db.execute("SELECT count(*) FROM job_inputs WHERE job_id = ?", job_id).fetchone()
+                total = db.execute("SELECT total FROM jobs WHERE id = ?", job_id).fetchone()
+                if stored[0] > 0 and total[0] is None:
+                    break
+                time.sleep(0.01)
+            else:
+                raise AssertionError("the job was never caught reading its input")
+        readers = psutil.Process(first.pid).children(recursive=True)
+        assert readers, "the input is read by a process of its own"
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        first.kill()
+    _, alive = psutil.wait_procs(readers, timeout=10)
+    assert not alive, "a reader outlived the server killed with SIGKILL"
+    second = start_server(config, port)
+    try:
+        wait_live(url, second)
+        with httpx.Client(base_url=url, timeout=30) as client:
+            done = wait_for_job(client, job["id"], timeout=240)
+    finally:
+        second.terminate()
+        second.wait(30)
+    assert done["status"] == "succeeded"
+    assert done["progress"] == {"total": count, "done": count, "failed": 0, "fraction": 1.0}
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        starts = [row[0] for row in db.execute("SELECT start FROM job_results WHERE job_id = ?", job_id)]
+    assert sorted(starts) == list(range(0, count, 1000))  # every chunk scored once
+
+
+def _open_when_released(path: str, barrier: Any) -> str:
+    barrier.wait()
+    try:
+        JobStore.open(Path(path)).close()
+    except ConfigError as exc:
+        return str(exc)
+    return "ok"
+
+
+def test_processes_opening_one_new_store_at_once_all_get_it(tmp_path: Path) -> None:
+    # As several fronts (``--workers``) or a job's input reader and its server do.
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, concurrent.futures.ProcessPoolExecutor(8, mp_context=context) as pool:
+        for attempt in range(3):
+            barrier = manager.Barrier(8)
+            path = str(tmp_path / f"jobs-{attempt}.sqlite3")
+            opened = list(pool.map(_open_when_released, [path] * 8, [barrier] * 8))
+            assert opened == ["ok"] * 8, opened
