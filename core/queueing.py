@@ -310,7 +310,7 @@ class QueueingBatcher(WaitAdmission, Batcher):
         outputs: list[Arrays | None] | None = None
         ran = started
         if requests[0].priority is not _LOW:  # lanes in priority order: foreground work is running
-            self._foreground.mark(started)
+            self._foreground.at = started  # (``mark`` inline: this runs per batch)
         watch = self._watches.arm(instance, requests, futures)
         try:
             batch = self._make_batch(requests)

@@ -38,7 +38,17 @@ def open_sqlite(
     except sqlite3.Error as exc:
         raise ConfigError(f"{where}: cannot open: {exc}", file=str(path)) from None
     try:
-        _migrate_when_free(connection, path, kind, migrations, synchronous)
+        # Tried again while another process holds the file (several fronts, or a job's input reader,
+        # opening it at once): switching to WAL does not wait for a lock as transactions do.
+        deadline = time.monotonic() + _LOCKED_PATIENCE
+        while True:
+            try:
+                migrate(connection, path, kind, migrations, synchronous=synchronous)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
     except ConfigError:
         connection.close()
         raise
@@ -49,26 +59,6 @@ def open_sqlite(
             file=str(path),
         ) from None
     return connection
-
-
-def _migrate_when_free(
-    db: sqlite3.Connection,
-    path: Path,
-    kind: str,
-    migrations: Sequence[str],
-    synchronous: Literal["NORMAL", "FULL"],
-) -> None:
-    """``migrate``, again while another process holds the file (several fronts, or a job's input
-    reader, opening it at once): switching to WAL does not wait for a lock as transactions do."""
-    deadline = time.monotonic() + _LOCKED_PATIENCE
-    while True:
-        try:
-            migrate(db, path, kind, migrations, synchronous=synchronous)
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def migrate(

@@ -121,20 +121,7 @@ def test_the_reader_does_not_outlive_a_parent_killed_with_sigkill(tmp_path: Path
         "    print(reader.pid, flush=True)\n"
         "    time.sleep(120)\n"  # never reads: the reader fills the pipe and waits
     )
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert parent.stdout is not None
-        child = int(parent.stdout.readline())
-        time.sleep(0.5)
-        assert alive(child)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(10)
-        deadline = time.monotonic() + 20
-        while alive(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not alive(child), "the reader process outlived its parent"
-    finally:
-        parent.kill()
+    assert_reader_dies_with_its_parent(script, within=20)
 
 
 def test_an_array_file_is_sliced_in_this_process_and_text_is_parsed_in_a_reader(tmp_path: Path) -> None:
@@ -164,6 +151,15 @@ def test_a_silent_reader_exits_as_soon_as_its_parent_is_killed(tmp_path: Path) -
         "    time.sleep(120)\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    # The child sends nothing: only its watch on the parent can end it this soon.
+    assert_reader_dies_with_its_parent(script, within=5, env=env)
+
+
+def assert_reader_dies_with_its_parent(
+    script: str, *, within: float, env: dict[str, str] | None = None
+) -> None:
+    """Run ``script`` (which prints its reader's pid), kill it with SIGKILL; the reader must be gone
+    ``within`` seconds."""
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert parent.stdout is not None
@@ -172,7 +168,7 @@ def test_a_silent_reader_exits_as_soon_as_its_parent_is_killed(tmp_path: Path) -
         assert alive(child)
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
-        deadline = time.monotonic() + 5  # the child sends nothing: only its watch on the parent ends it
+        deadline = time.monotonic() + within
         while alive(child) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not alive(child), "the reader process outlived its parent"
