@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -25,9 +25,17 @@ __all__ = [
     "PUBLISH_INTERVAL",
     "READ_SHARE",
     "InputReader",
+    "SharedClock",
     "record_chunks",
     "store_inputs",
 ]
+
+
+class SharedClock(Protocol):
+    """A ``time.monotonic()`` value the server keeps up to date (a ``multiprocessing`` shared double)."""
+
+    value: float
+
 
 #: How a job's inputs are read: a module-level generator and its arguments, run in a reader
 #: process; it yields lists of ``StoredChunk`` in input order.
@@ -45,7 +53,7 @@ def store_inputs(
     job_id: str,
     function: Callable[..., Iterator[list[StoredChunk]]],
     args: tuple[Any, ...],
-    foreground: Any,
+    foreground: SharedClock,
 ) -> Iterator[int]:
     """In a reader process: the job's input, read by ``function(*args)``, into the store at
     ``store_path``; yields the record count once all are stored. The count is stored last, so a

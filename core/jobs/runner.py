@@ -32,7 +32,7 @@ from ..config import JobsSection
 from ..errors import InvalidRequestError, LadleError
 from ..serving import ModelManager
 from .child import ChildIterator
-from .intake import PUBLISH_INTERVAL, InputReader, record_chunks, store_inputs
+from .intake import PUBLISH_INTERVAL, InputReader, SharedClock, record_chunks, store_inputs
 from .records import RecordChunk, error_body
 from .scoring import PredictScorer, ScoredChunk
 from .store import JobRecord, JobStore
@@ -255,7 +255,7 @@ class JobRunner:
             publisher.cancel()
             reader.close()
 
-    async def _publish(self, foreground: Any) -> None:
+    async def _publish(self, foreground: SharedClock) -> None:
         """Keep a reader's copy of when online work last ran up to date."""
         clock = self.manager.foreground
         while True:
