@@ -21,7 +21,10 @@ file of ``--job-rows`` records on the same model, while it scores them on ``bc2`
 of the model with no online traffic (each job started before the load, checked to be running
 after it), or while a job just posted still reads that file into its store. Background work is
 paced server-wide and input files are read by a process of their own, so neither the job
-elsewhere nor the reading may cost the online model its latency either.
+elsewhere nor the reading may cost the online model its latency either. Before each window the
+benchmark flushes the page cache (``os.sync``) of what the set-up wrote (a job reads its whole
+input into the job store first), so the kernel's write-back of one window's set-up, half a minute
+later, never lands in another window.
 
 Repetitions interleave the contenders (the order rotates), medians are reported. The CPUs may be
 shared: only the side-by-side ratios mean much.
@@ -244,7 +247,11 @@ def online_p99(work: Path, model_row: np.ndarray, args: argparse.Namespace) -> l
             for rep in range(args.p99_reps):
                 shift = rep % len(KINDS)
                 for kind in KINDS[shift:] + KINDS[:shift]:
+                    if kind == "reading":
+                        os.sync()
                     job, before = _start_job(client, kind) if kind != "alone" else (None, 0)
+                    if kind != "reading":
+                        os.sync()
                     began = time.monotonic()
                     load = run_wrk(url, script, args.connections, args.duration)
                     rate = 0.0
@@ -290,12 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         "--p99-reps", type=int, default=6, help="repetitions of the online p99 runs (a p99 is noisy)"
     )
     parser.add_argument("--connections", type=int, default=2, help="connections of the online p99 load")
-    parser.add_argument("--job-rows", type=int, default=1_000_000, help="records of the job in the p99 runs")
+    parser.add_argument("--job-rows", type=int, default=300_000, help="records of the job in the p99 runs")
     parser.add_argument("--quick", action="store_true", help="1 repetition, smaller inputs")
     parser.add_argument("--workdir", type=Path, help="keep the model, inputs and outputs here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.reps, args.p99_reps, args.rows, args.job_rows, args.duration = 1, 1, 50_000, 300_000, 2.0
+        args.reps, args.p99_reps, args.rows, args.job_rows, args.duration = 1, 1, 50_000, 100_000, 2.0
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ladle-batch-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     model = build_model(work / "trained")

@@ -9,9 +9,14 @@ and, for REST, an asyncio HTTP/1.1 client sending the V2 binary-tensor request t
 interleaved round robin in each repetition (the order rotates; ladle's two protocols alternate
 too); medians over repetitions and ratios are printed at the end.
 
+One more contender, ``grpc.aio floor``, is what the gRPC stack itself costs: a bare ``grpc.aio``
+server on uvloop whose ModelInfer decodes the request and answers at once with an output of the
+model's shape (no model, no pipeline). No gRPC server built on grpc.aio can serve more than it, so
+its req/s beside ladle REST's says how far the ``VS_REST`` goal is reachable on this machine.
+
     python benchmarks/grpc_serving.py            # 3 repetitions of 5 s per cell (~6 min)
     python benchmarks/grpc_serving.py --quick    # 1 repetition of 3 s
-    python benchmarks/grpc_serving.py --skip-mlserver --json out.json
+    python benchmarks/grpc_serving.py --skip-mlserver --skip-floor --json out.json
 
 The machine's CPUs are shared, so absolute req/s move from run to run; the ratios between
 contenders measured in the same run, and the server CPU per request, are the figures to read.
@@ -201,11 +206,13 @@ def load_in_process(
 
 @dataclass
 class Served:
-    """A contender and the gRPC port of its latest launch."""
+    """A contender and the gRPC port of its latest launch; ``serves_model``: its answers are the
+    model's (checked against the Booster before the first load)."""
 
     contender: Contender
     protocols: tuple[str, ...]
     grpc_port: int = 0
+    serves_model: bool = True
 
 
 def ladle_contender(repository: Path) -> Served:
@@ -221,6 +228,58 @@ def ladle_contender(repository: Path) -> Served:
     contender = Contender(name="ladle", launch=launch, path="/", role="ladle", description="ladle serve")
     served = Served(contender, ("grpc", "rest"))
     return served
+
+
+def floor_contender() -> Served:
+    """The bare ``grpc.aio`` server of this script (``--floor``; see the module docstring)."""
+
+    def launch(port: int) -> Launch:
+        served.grpc_port = free_port()
+        return Launch([sys.executable, __file__, "--floor", str(port), str(served.grpc_port)])
+
+    contender = Contender(name="floor", launch=launch, path="/", description="bare grpc.aio server")
+    served = Served(contender, ("grpc",), serves_model=False)
+    return served
+
+
+async def _floor_server(http_port: int, grpc_port: int) -> None:
+    """ModelInfer answered at once (an FP32 output of one value per row), and a readiness answer
+    on ``http_port`` for the harness."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    response_type = service_pb2.ModelInferResponse
+
+    async def infer(request: Any, context: Any) -> Any:
+        rows = request.inputs[0].shape[0] if request.inputs else 1
+        response = response_type(model_name=request.model_name, model_version="1", id=request.id)
+        response.outputs.add(name="probability", datatype="FP32", shape=[rows])
+        response.raw_output_contents.append(bytes(4 * rows))
+        return response
+
+    handler = grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(
+                infer,
+                request_deserializer=service_pb2.ModelInferRequest.FromString,
+                response_serializer=response_type.SerializeToString,
+            )
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{grpc_port}")
+    await server.start()
+
+    async def ready(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with await asyncio.start_server(ready, "127.0.0.1", http_port):
+        await server.wait_for_termination()
 
 
 def mlserver_contender(executable: Path, model: _contenders.BenchModel, workdir: Path) -> Served:
@@ -338,6 +397,8 @@ def run(args: argparse.Namespace, report: Callable[[str], None] = print) -> list
         config = f'[batcher]\nname = "dynamic"\nmax_queue_delay = {args.batch_delay}\n'
         (repository / MODEL / "model.toml").write_text(config)
     contenders = [ladle_contender(repository)]
+    if not args.skip_floor:
+        contenders.append(floor_contender())
     if not args.skip_mlserver:
         try:
             executable = _contenders.mlserver_environment(args.cache_dir, report)
@@ -353,7 +414,7 @@ def run(args: argparse.Namespace, report: Callable[[str], None] = print) -> list
             server = RunningServer(served.contender, free_port(), workdir / "logs" / f"{name}-{rep + 1}.log")
             try:
                 server.start()
-                if name not in checked:
+                if name not in checked and served.serves_model:
                     check(served, server.port, model)
                     checked.add(name)
                 protocols = served.protocols if rep % 2 == 0 else tuple(reversed(served.protocols))
@@ -423,7 +484,7 @@ def print_summary(summary: dict[tuple[str, int, int], dict[str, float]]) -> None
             mine = summary.get(("ladle-grpc", rows, streams))
             if mine is None:
                 continue
-            for other in ("ladle-rest", "mlserver-grpc"):
+            for other in ("ladle-rest", "mlserver-grpc", "floor-grpc"):
                 theirs = summary.get((other, rows, streams))
                 if theirs is None:
                     continue
@@ -446,6 +507,15 @@ def print_summary(summary: dict[tuple[str, int, int], dict[str, float]]) -> None
                 print(f"  rows {rows:2}: >= {goal}x {other} req/s: {ratio:.2f}x ({verdict})")
         verdict = "met" if mine["p99_ms"] <= P99_LIMIT_MS else "NOT met"
         print(f"  rows {rows:2}: p99 <= {P99_LIMIT_MS} ms: {mine['p99_ms']:.2f} ms ({verdict})")
+        floor = summary.get(("floor-grpc", rows, HIGH_LOAD))
+        rest = summary.get(("ladle-rest", rows, HIGH_LOAD))
+        if floor is not None and rest is not None:
+            reach = floor["throughput"] / rest["throughput"]
+            verdict = "beyond any grpc.aio server here" if reach < VS_REST else "within the stack's reach"
+            print(
+                f"  rows {rows:2}: the grpc.aio floor (no model) serves {reach:.2f}x ladle REST's req/s, "
+                f"p99 {floor['p99_ms']:.2f} ms: the {VS_REST}x goal is {verdict}"
+            )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -455,6 +525,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load per protocol")
     parser.add_argument("--quick", action="store_true", help="1 repetition of 3 s per cell (1 s warm-up)")
     parser.add_argument("--skip-mlserver", action="store_true", help="leave MLServer out")
+    parser.add_argument("--skip-floor", action="store_true", help="leave the bare grpc.aio server out")
     parser.add_argument(
         "--batch-delay", type=float, metavar="MS", help="ladle's dynamic batcher max_queue_delay (default 0)"
     )
@@ -473,6 +544,11 @@ def main(argv: list[str] | None = None) -> int:
         protocol, address, payload_file, streams, seconds = argv[1:6]
         payload = Path(payload_file).read_bytes()
         print(json.dumps(run_load(protocol, address, payload, int(streams), float(seconds))))
+        return 0
+    if argv and argv[0] == "--floor":  # the bare grpc.aio server's own process
+        import uvloop
+
+        uvloop.run(_floor_server(int(argv[1]), int(argv[2])))
         return 0
     args = parse_args(argv)
     cpus = os.cpu_count()
