@@ -29,7 +29,7 @@ later, never lands in another window.
 Repetitions interleave the contenders (the order rotates), medians are reported. The CPUs may be
 shared: only the side-by-side ratios mean much.
 
-    .venv/bin/python benchmarks/batch_scoring.py            # 3 + 6 repetitions (~8 min)
+    .venv/bin/python benchmarks/batch_scoring.py            # 3 + 10 repetitions (~5 min)
     .venv/bin/python benchmarks/batch_scoring.py --quick    # 1 repetition
 """
 
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds of each wrk run")
     parser.add_argument(
-        "--p99-reps", type=int, default=6, help="repetitions of the online p99 runs (a p99 is noisy)"
+        "--p99-reps", type=int, default=10, help="repetitions of the online p99 runs (a p99 is noisy)"
     )
     parser.add_argument("--connections", type=int, default=2, help="connections of the online p99 load")
     parser.add_argument("--job-rows", type=int, default=300_000, help="records of the job in the p99 runs")
