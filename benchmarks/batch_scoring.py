@@ -22,9 +22,9 @@ of the model with no online traffic (each job started before the load, checked t
 after it), or while a job just posted still reads that file into its store. Background work is
 paced server-wide and input files are read by a process of their own, so neither the job
 elsewhere nor the reading may cost the online model its latency either. Before each window the
-benchmark flushes the page cache (``os.sync``) of what the set-up wrote (a job reads its whole
-input into the job store first), so the kernel's write-back of one window's set-up, half a minute
-later, never lands in another window.
+benchmark writes out what its set-up left dirty in the page cache (``os.sync``; a job reads its
+whole input into the job store before it scores), so the kernel's write-back of one window's
+set-up, half a minute later, never lands in another window.
 
 Repetitions interleave the contenders (the order rotates), medians are reported. The CPUs may be
 shared: only the side-by-side ratios mean much.
