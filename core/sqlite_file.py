@@ -46,7 +46,8 @@ def open_sqlite(
                 migrate(connection, path, kind, migrations, synchronous=synchronous)
                 break
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+                held = exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not held or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
     except ConfigError:

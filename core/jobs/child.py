@@ -79,7 +79,7 @@ class ChildIterator(Generic[T]):
 
     ``begin(*args)`` starts it; ``close`` stops the child (at once if it is still running) and frees
     the pipe. With ``idle`` the child runs at idle scheduling priority: only on CPU time nothing else
-    wants. ``what`` names the child in the error raised when it dies.
+    wants.
     """
 
     def __init__(
@@ -87,7 +87,6 @@ class ChildIterator(Generic[T]):
         function: Callable[..., Iterator[T]],
         *leading: Any,
         name: str,
-        what: str = "input reader",
         idle: bool = False,
     ) -> None:
         context = multiprocessing.get_context("spawn")
@@ -98,7 +97,6 @@ class ChildIterator(Generic[T]):
         self._process.start()
         child.close()
         self._receiver = ThreadPoolExecutor(1, thread_name_prefix=name)
-        self._what = what
         self._done = False
 
     @property
@@ -115,7 +113,7 @@ class ChildIterator(Generic[T]):
             return self._connection.recv()
         except (EOFError, OSError):
             code = self._process.exitcode
-            return (_FAILED, RuntimeFailureError(f"the {self._what} process ended (exit code {code})"))
+            return (_FAILED, RuntimeFailureError(f"the input reader process ended (exit code {code})"))
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
