@@ -26,6 +26,11 @@ benchmark writes out what its set-up left dirty in the page cache (``os.sync``; 
 whole input into the job store before it scores), so the kernel's write-back of one window's
 set-up, half a minute later, never lands in another window.
 
+The p99 server and its load generator run on CPUs of their own (``wrk`` and this script on the
+last CPU, the server on the others; ``--no-pin`` shares them all), as a server and its clients do
+on separate machines. Sharing them, the job's reader process and store writes run beside ``wrk``
+too, and the client's p99 then includes ``wrk``'s own delays.
+
 Repetitions interleave the contenders (the order rotates), medians are reported. The CPUs may be
 shared: only the side-by-side ratios mean much.
 
@@ -176,7 +181,7 @@ def run_ladle_batch(work: Path, batch: int) -> float:
 class Served:
     """``ladle serve`` in a subprocess on a free port."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, cpus: set[int] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
@@ -184,6 +189,8 @@ class Served:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        if cpus:  # before the interpreter starts a thread: each thread and child inherits it
+            os.sched_setaffinity(self.process.pid, cpus)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -235,9 +242,22 @@ def _start_job(client: httpx.Client, kind: str) -> tuple[dict[str, Any], int]:
     return job, state["progress"]["done"]
 
 
+def cpu_split(pin: bool) -> tuple[set[int], set[int]] | None:
+    """(the server's CPUs, the load generator's) when pinning is asked for and possible."""
+    if not pin or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return (set(cpus[:-1]), {cpus[-1]}) if len(cpus) > 1 else None
+
+
 def online_p99(work: Path, model_row: np.ndarray, args: argparse.Namespace) -> list[tuple[str, float, float]]:
     """(kind of run, p99 ms, job rows/s during the window), interleaved."""
-    server = Served(work / "jobs.toml")
+    split = cpu_split(args.pin)
+    mine = os.sched_getaffinity(0) if split else None
+    server = Served(work / "jobs.toml", split[0] if split else None)
+    if split:
+        os.sched_setaffinity(0, split[1])  # wrk, started from here, inherits it
+        print(f"  server on CPUs {sorted(split[0])}, load generator on {sorted(split[1])}")
     runs: list[tuple[str, float, float]] = []
     try:
         script = write_wrk_script(work / "v2.lua", v2_body(model_row))
@@ -275,6 +295,8 @@ def online_p99(work: Path, model_row: np.ndarray, args: argparse.Namespace) -> l
                     )
     finally:
         server.stop()
+        if mine:
+            os.sched_setaffinity(0, mine)
     return runs
 
 
@@ -298,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--connections", type=int, default=2, help="connections of the online p99 load")
     parser.add_argument("--job-rows", type=int, default=300_000, help="records of the job in the p99 runs")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let the p99 server and its load generator share every CPU",
+    )
     parser.add_argument("--quick", action="store_true", help="1 repetition, smaller inputs")
     parser.add_argument("--workdir", type=Path, help="keep the model, inputs and outputs here")
     args = parser.parse_args(argv)

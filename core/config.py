@@ -258,6 +258,13 @@ class JobsSection(_Strict):
     )
     batch_rows: int = Field(default=32, ge=1, le=65536, description="records per request of a predict job")
     request_timeout: float = Field(default=600.0, gt=0, description="deadline of one job request, seconds")
+    work_share: float = Field(
+        default=0.001,
+        gt=0,
+        le=1,
+        description="share of the server's time the job runner's own work (store reads and writes, "
+        "preparing records, result lines) takes while online requests arrive (1: no limit)",
+    )
 
 
 class ServerConfig(_Strict):

@@ -44,23 +44,19 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _idle_priority() -> None:
-    """Run only when a CPU would otherwise idle: Linux's ``SCHED_IDLE`` (any other task that wakes
-    takes the CPU at once), elsewhere the lowest niceness."""
+def _idle_priority(pid: int) -> None:
+    """Run process ``pid`` only when a CPU would otherwise idle: Linux's ``SCHED_IDLE`` (any other
+    task that wakes takes the CPU at once), elsewhere the lowest niceness."""
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
-        os.nice(19)
+        os.setpriority(os.PRIO_PROCESS, pid, 19)
 
 
-def _serve(
-    connection: Connection, function: Callable[..., Iterator[Any]], leading: tuple[Any, ...], idle: bool
-) -> None:
+def _serve(connection: Connection, function: Callable[..., Iterator[Any]], leading: tuple[Any, ...]) -> None:
     """The child: ``function(*leading, *args)``'s items down ``connection``, then the end or the error."""
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     try:
-        if idle:
-            _idle_priority()
         args = connection.recv()
         for item in function(*leading, *args):
             connection.send((_ITEM, item))
@@ -92,9 +88,14 @@ class ChildIterator(Generic[T]):
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
         self._process = context.Process(
-            target=_serve, args=(child, function, leading, idle), name=name, daemon=True
+            target=_serve, args=(child, function, leading), name=name, daemon=True
         )
         self._process.start()
+        if idle:
+            # From the parent, at once: the child's interpreter start-up and imports take a
+            # fraction of a second of CPU, which online requests would feel at normal priority.
+            assert self._process.pid is not None
+            _idle_priority(self._process.pid)
         child.close()
         self._receiver = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._done = False

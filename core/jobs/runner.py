@@ -6,7 +6,10 @@ arrive, so reading a large file takes neither the GIL nor the CPU they need; see
 ``ladle.jobs.intake``), then scores its chunks in order through the admission
 pipeline (``protocol="job"``, ``Priority.LOW``) and stores each chunk's results as it completes.
 All jobs together keep at most ``[jobs] concurrency`` requests in flight, so batch work fills the
-capacity online traffic leaves and the batchers serve online requests first. A starting server
+capacity online traffic leaves and the batchers serve online requests first. The runner's own work
+per chunk (store reads and writes, preparing records, writing result lines) is paced too: while
+online requests arrive it takes at most ``[jobs] work_share`` of the server's time (``WorkPacer``),
+as the batchers keep the jobs' batches to their ``background_share`` of an instance. A starting server
 resumes its queued and running jobs at the chunks that have no results yet; a stopping one calls
 off what is in flight and stores nothing for it, so those chunks run again after the restart.
 
@@ -28,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import orjson
 
+from ..batching import Foreground
 from ..config import JobsSection
 from ..errors import InvalidRequestError, LadleError
 from ..serving import ModelManager
@@ -37,7 +41,7 @@ from .records import RecordChunk, error_body
 from .scoring import PredictScorer, ScoredChunk
 from .store import JobRecord, JobStore
 
-__all__ = ["JobExpiredError", "JobKind", "JobRunner", "PredictJobs", "Scorer"]
+__all__ = ["JobExpiredError", "JobKind", "JobRunner", "PredictJobs", "Scorer", "WorkPacer"]
 
 logger = logging.getLogger("ladle.jobs")
 
@@ -118,6 +122,39 @@ class PredictJobs:
         return None
 
 
+def _timed(function: Callable[..., _T], *args: Any) -> tuple[_T, float]:
+    """``function(*args)`` and the seconds it took."""
+    began = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - began
+
+
+class WorkPacer:
+    """Keeps work to ``share`` of the time while online work runs: after work that took ``t``
+    seconds while ``foreground`` was recent, the next work waits until ``t * (1 / share - 1)`` has
+    passed, or until online work is no longer recent; with no online work nothing waits. One
+    pacer serves every job of a server, so all of them together keep to the share."""
+
+    def __init__(self, foreground: Foreground, share: float) -> None:
+        self._foreground = foreground
+        self._pause = 1.0 / share - 1.0
+        self._resume_at = -math.inf
+
+    def spent(self, seconds: float) -> None:
+        """Count ``seconds`` of work just done."""
+        now = time.monotonic()
+        if self._pause and self._foreground.recent(now):
+            self._resume_at = max(self._resume_at, now) + seconds * self._pause
+
+    async def wait(self) -> None:
+        """Return once the next work may start."""
+        while True:
+            now = time.monotonic()
+            if now >= self._resume_at or not self._foreground.recent(now):
+                return
+            await asyncio.sleep(min(self._resume_at - now, Foreground.window))
+
+
 class JobRunner:
     """Runs the jobs of one server (see the module docstring)."""
 
@@ -130,6 +167,7 @@ class JobRunner:
         self.kinds = kinds
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="ladle-jobs")
+        self._pacer = WorkPacer(manager.foreground, settings.work_share)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -268,9 +306,10 @@ class JobRunner:
         scored = await self.io(self.store.scored_starts, job.id)
         pending: set[asyncio.Task[None]] = set()
 
-        async def run(chunk: RecordChunk) -> None:
+        async def run(chunk: RecordChunk, read: float) -> None:
             result = await scorer(chunk)
-            await self.io(
+            _, saved = await self.io(
+                _timed,
                 self.store.save_result,
                 job.id,
                 result.start,
@@ -279,6 +318,7 @@ class JobRunner:
                 result.output,
                 result.errors,
             )
+            self._pacer.spent(read + result.busy + saved)
 
         try:
             deadline = job.params.get("deadline_at")
@@ -292,13 +332,13 @@ class JobRunner:
                     pending -= done
                     for task in done:
                         task.result()  # a failure fails the job
-                records, errors = await self.io(self.store.input_chunk, job.id, start)
+                await self._pacer.wait()
+                (records, errors), read = await self.io(_timed, self.store.input_chunk, job.id, start)
                 count = min(job.chunk_size, job.total - start)
                 if len(records) != count:
                     raise InvalidRequestError(f"job {job.id}: the inputs of records from {start} are missing")
-                pending.add(
-                    asyncio.get_running_loop().create_task(run(RecordChunk(start, count, records, errors)))
-                )
+                chunk = RecordChunk(start, count, records, errors)
+                pending.add(asyncio.get_running_loop().create_task(run(chunk, read)))
             if pending:
                 await asyncio.gather(*pending)
         finally:

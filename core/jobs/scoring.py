@@ -58,13 +58,16 @@ _ABOUT_INPUTS = (InvalidRequestError, InvalidInputError, SignatureMismatchError)
 @dataclass(slots=True)
 class ScoredChunk:
     """The result lines of one chunk (each ending in a newline), in input order; ``errors`` holds
-    failed records' lines where a protocol keeps them apart (the OpenAI Batch API's error file)."""
+    failed records' lines where a protocol keeps them apart (the OpenAI Batch API's error file);
+    ``busy`` is the seconds the scorer itself worked on the event loop (preparing the records,
+    writing the lines), which the job runner paces."""
 
     start: int
     count: int
     output: bytes
     failed: int
     errors: bytes = b""
+    busy: float = 0.0
 
 
 async def answer_guarded(admission: Admission, request: InferenceRequest) -> Any:
@@ -125,10 +128,13 @@ class PredictScorer:
 
     async def score(self, chunk: RecordChunk) -> ScoredChunk:
         """The result lines of ``chunk``."""
-        return await self.score_prepared(prepare_chunk(chunk, self.signature, self.id_field))
+        began = time.perf_counter()
+        prepared = prepare_chunk(chunk, self.signature, self.id_field)
+        return await self.score_prepared(prepared, busy=time.perf_counter() - began)
 
-    async def score_prepared(self, chunk: PreparedChunk) -> ScoredChunk:
-        """The result lines of a chunk ``prepare_chunk`` made ready (with this scorer's ``id_field``)."""
+    async def score_prepared(self, chunk: PreparedChunk, busy: float = 0.0) -> ScoredChunk:
+        """The result lines of a chunk ``prepare_chunk`` made ready (with this scorer's ``id_field``);
+        ``busy``: the seconds its preparing took."""
         work = _Work(chunk)
         for offset, problem in chunk.problems.items():
             self._fail(work, offset, InvalidRequestError(problem))
@@ -136,8 +142,10 @@ class PredictScorer:
             await self._score_arrays(work, chunk.good, chunk.arrays)
         elif chunk.records:
             await self._one_by_one(work, chunk.good, chunk.records)
+        began = time.perf_counter()
         output = b"".join(line for line in work.lines if line is not None)
-        return ScoredChunk(chunk.start, chunk.count, output, work.failed)
+        busy += work.busy + time.perf_counter() - began
+        return ScoredChunk(chunk.start, chunk.count, output, work.failed, busy=busy)
 
     async def _score_arrays(self, work: _Work, good: Sequence[int], arrays: Arrays) -> None:
         try:
@@ -214,6 +222,7 @@ class PredictScorer:
         work.failed += 1
 
     def _output_lines(self, work: _Work, good: Sequence[int], outputs: Arrays) -> None:
+        began = time.perf_counter()
         columns = {
             name: array.tolist()
             if array.dtype.kind != "O"
@@ -233,15 +242,17 @@ class PredictScorer:
                 head["id"] = ids[offset]
             head["outputs"] = {name: column[row] for name, column in columns.items()}
             lines[offset] = orjson.dumps(head, option=option)
+        work.busy += time.perf_counter() - began
 
 
 class _Work:
     """One chunk being scored: its records' ids and result lines, and how many failed."""
 
-    __slots__ = ("chunk", "failed", "ids", "lines")
+    __slots__ = ("busy", "chunk", "failed", "ids", "lines")
 
     def __init__(self, chunk: PreparedChunk) -> None:
         self.chunk = chunk
         self.ids: list[Any] = chunk.ids or [None] * chunk.count
         self.lines: list[bytes | None] = [None] * chunk.count
         self.failed = 0
+        self.busy = 0.0  # seconds spent writing result lines

@@ -5,7 +5,9 @@ in benchmarks/batch_scoring.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,9 @@ import pytest
 from jobs_helpers import wait_for_job, write_repository
 
 from ladle import PluginHost
+from ladle.batching import Foreground
 from ladle.config import ServerConfig
+from ladle.jobs.runner import WorkPacer
 from ladle.server import Server
 from ladle.testing.server import RunningServer, run_server
 
@@ -94,3 +98,76 @@ def test_online_requests_overtake_every_queued_job_request(served: tuple[Running
         f"with a job running: median {statistics.median(busy) * 1000:.0f} ms, max {max(busy) * 1000:.0f} ms "
         f"(one batch takes {DELAY * 1000:.0f} ms)"
     )
+
+
+def test_the_runner_s_own_work_keeps_to_its_share_while_online_requests_arrive(tmp_path: Path) -> None:
+    # The batcher does not pace this model's job batches (background_share = 1), so only the
+    # runner's pacer of its own work per chunk holds the job back.
+    repo = write_repository(tmp_path, {"fast": "batcher = { max_batch_size = 4, background_share = 1.0 }\n"})
+    config = ServerConfig.model_validate(
+        {
+            "server": {"repository": str(repo)},
+            "jobs": {
+                "store": str(tmp_path / "jobs.sqlite3"),
+                "batch_rows": 4,
+                "concurrency": 4,
+                "work_share": 0.0001,
+            },
+        }
+    )
+    plugins = PluginHost()
+    plugins.add_module("jobs_runtime")
+    stop = threading.Event()
+
+    def online(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                assert client.post("/api/v1/models/fast/predict", json={"inputs": [{"x": [1, 2]}]}).is_success
+
+    with (
+        run_server(Server(config, plugins.discover())) as running,
+        httpx.Client(base_url=running.url, timeout=30) as client,
+    ):
+        traffic = threading.Thread(target=online, args=(running.url,))
+        traffic.start()
+        try:
+            time.sleep(0.2)
+            job = client.post(
+                "/api/v1/models/fast/jobs", json={"inputs": [{"x": [i, 0]} for i in range(100)]}
+            )
+            time.sleep(2.0)
+            during = client.get(f"/api/v1/jobs/{job.json()['id']}").json()["progress"]["done"]
+        finally:
+            stop.set()
+            traffic.join()
+        state = wait_for_job(client, job.json()["id"], timeout=10)
+    # Unpaced, the 25 chunks take well under a second here; paced, a chunk's few milliseconds of
+    # store and line work buy it tens of seconds of waiting, so only the first window of chunks
+    # (started before any was measured) and perhaps one more run.
+    assert during <= 24, during
+    assert state["status"] == "succeeded" and state["progress"]["done"] == 100  # at full speed once it stops
+
+
+def test_a_pacer_waits_its_share_only_while_online_work_is_recent() -> None:
+    async def scenario() -> tuple[float, float, float]:
+        foreground = Foreground()
+        pacer = WorkPacer(foreground, share=0.25)
+        pacer.spent(0.1)  # no online work: nothing to wait for
+        began = time.monotonic()
+        await pacer.wait()
+        unpaced = time.monotonic() - began
+        foreground.mark(time.monotonic())
+        pacer.spent(0.05)  # 0.05 s at a quarter share: 0.15 s more
+        began = time.monotonic()
+        await pacer.wait()
+        paced = time.monotonic() - began
+        foreground.mark(time.monotonic())
+        pacer.spent(10.0)  # a long pause, cut short when online work is no longer recent
+        began = time.monotonic()
+        await pacer.wait()
+        return unpaced, paced, time.monotonic() - began
+
+    unpaced, paced, cut = asyncio.run(scenario())
+    assert unpaced < 0.05
+    assert 0.13 <= paced < 0.25
+    assert Foreground.window - 0.02 <= cut < 1.0

@@ -16,9 +16,10 @@ import numpy as np
 import orjson
 import psutil
 import pytest
-from jobs_helpers import HERE
+from jobs_helpers import HERE, silent
 
 from ladle.errors import LadleError, RuntimeFailureError
+from ladle.jobs.child import ChildIterator
 from ladle.jobs.inputs import PreparedChunk, prepare_chunk
 from ladle.jobs.reader import ChunkReader, InlineChunks, open_chunks
 from ladle.jobs.records import InputFileError, read_chunks
@@ -137,6 +138,21 @@ def test_an_array_file_is_sliced_in_this_process_and_text_is_parsed_in_a_reader(
     assert isinstance(reader, ChunkReader)
     (chunk,) = asyncio.run(read_all(reader, SIGNATURE))
     assert chunk.arrays is not None and chunk.count == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_an_idle_reader_runs_at_idle_priority_from_its_first_instruction() -> None:
+    # Its interpreter's start-up and imports take CPU too, so the parent sets the policy as soon as
+    # the process exists, not the child once it runs.
+    idle = ChildIterator(silent, 0.0, name="ladle-test-reader", idle=True)
+    plain = ChildIterator(silent, 0.0, name="ladle-test-reader")
+    try:
+        assert idle.pid is not None and plain.pid is not None
+        assert os.sched_getscheduler(idle.pid) == os.SCHED_IDLE
+        assert os.sched_getscheduler(plain.pid) == os.SCHED_OTHER
+    finally:
+        idle.close()
+        plain.close()
 
 
 def test_a_silent_reader_exits_as_soon_as_its_parent_is_killed(tmp_path: Path) -> None:
