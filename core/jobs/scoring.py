@@ -130,11 +130,13 @@ class PredictScorer:
         """The result lines of ``chunk``."""
         began = time.perf_counter()
         prepared = prepare_chunk(chunk, self.signature, self.id_field)
-        return await self.score_prepared(prepared, busy=time.perf_counter() - began)
+        preparing = time.perf_counter() - began
+        scored = await self.score_prepared(prepared)
+        scored.busy += preparing
+        return scored
 
-    async def score_prepared(self, chunk: PreparedChunk, busy: float = 0.0) -> ScoredChunk:
-        """The result lines of a chunk ``prepare_chunk`` made ready (with this scorer's ``id_field``);
-        ``busy``: the seconds its preparing took."""
+    async def score_prepared(self, chunk: PreparedChunk) -> ScoredChunk:
+        """The result lines of a chunk ``prepare_chunk`` made ready (with this scorer's ``id_field``)."""
         work = _Work(chunk)
         for offset, problem in chunk.problems.items():
             self._fail(work, offset, InvalidRequestError(problem))
@@ -144,7 +146,7 @@ class PredictScorer:
             await self._one_by_one(work, chunk.good, chunk.records)
         began = time.perf_counter()
         output = b"".join(line for line in work.lines if line is not None)
-        busy += work.busy + time.perf_counter() - began
+        busy = work.busy + time.perf_counter() - began
         return ScoredChunk(chunk.start, chunk.count, output, work.failed, busy=busy)
 
     async def _score_arrays(self, work: _Work, good: Sequence[int], arrays: Arrays) -> None:
