@@ -44,7 +44,8 @@ def write_repository(root: Path) -> Path:
     build_onnx_mlp(repo / "mlp" / "1")
     models = {
         "echo": ('runtime = "grpc_echo"\nversion_policy = "all"\n', ("1", "2")),
-        "behaviour": ('runtime = "grpc_behaviour"\ntimeout = 5.0\n', ("1",)),
+        # -3 holds its instance for 1.5 s: room for two calls to expire behind it on a busy machine
+        "behaviour": ('runtime = "grpc_behaviour"\ntimeout = 5.0\noptions = { slow_s = 1.5 }\n', ("1",)),
         "tiny_queue": (
             'runtime = "grpc_behaviour"\n[batcher]\nmax_queue_size = 1\nmax_batch_size = 1\n',
             ("1",),

@@ -187,7 +187,7 @@ def test_a_full_queue_is_resource_exhausted_with_retry_after(served: GrpcServer)
 def test_the_call_deadline_is_the_request_deadline(served: GrpcServer) -> None:
     client = served.client()
     calls = Calls(client)
-    calls.send("running", "behaviour", -3.0)  # holds the one instance for 0.5 s
+    calls.send("running", "behaviour", -3.0)  # holds the one instance for 1.5 s
     wait_for(lambda: started(-3.0))
     error = grpc_error(
         lambda: client.infer(
