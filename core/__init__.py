@@ -45,6 +45,7 @@ from .errors import (
     UnauthorizedError,
 )
 from .executors import (
+    DedicatedThread,
     Executor,
     ItemResult,
     ProcessExecutor,
@@ -107,6 +108,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "DeadlineExceededError",
+    "DedicatedThread",
     "Demand",
     "DuplicatePluginError",
     "Executor",

@@ -125,14 +125,19 @@ class ReplicaSet:
         self.ready_at = 0.0
         self.standby = False
         self.wake: Callable[[], bool] | None = None
+        #: ``(max_batch_rows, pads)``, once every instance knows its runtime's (batchers read
+        #: both per batch; they change only with the instances).
+        self._layout: tuple[int | None, bool] | None = None
 
     def add(self, instance: Instance) -> None:
         self.instances.append(instance)
+        self._layout = None
         self.changed.set()
 
     def remove(self, instance: Instance) -> None:
         if instance in self.instances:
             self.instances.remove(instance)
+        self._layout = None
         self.changed.set()
 
     def ready(self) -> list[Instance]:
@@ -144,13 +149,25 @@ class ReplicaSet:
 
     @property
     def max_batch_rows(self) -> int | None:
-        """The smallest cap any ready instance's runtime declares (``None``: no cap)."""
-        caps = [i.info.max_batch_rows for i in self.instances if i.info and i.info.max_batch_rows]
-        return min(caps) if caps else None
+        """The smallest cap any instance's runtime declares (``None``: no cap)."""
+        return (self._layout or self._measure_layout())[0]
 
     @property
     def pads(self) -> bool:
-        return bool(self.instances) and all(i.info is not None and i.info.pads for i in self.instances)
+        """Whether every instance's runtime zero-pads ragged inputs (``RuntimeCapabilities.pads``)."""
+        return (self._layout or self._measure_layout())[1]
+
+    def _measure_layout(self) -> tuple[int | None, bool]:
+        infos = [i.info for i in self.instances]
+        known = [info for info in infos if info is not None]
+        caps = [info.max_batch_rows for info in known if info.max_batch_rows]
+        layout = (
+            min(caps) if caps else None,
+            bool(infos) and len(known) == len(infos) and all(info.pads for info in known),
+        )
+        if len(known) == len(infos):  # an instance still loading may declare more
+            self._layout = layout
+        return layout
 
 
 class Batcher(ABC):

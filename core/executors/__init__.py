@@ -3,6 +3,8 @@
 - ``ThreadExecutor``: a dedicated thread of the front process (the default);
 - ``ProcessExecutor``: a worker process rebuilt from the spec, tensors through shared memory; one
   CUDA context per process, so per-process limits (MPS) can be set through its ``env``.
+
+Both make their blocking calls on a ``DedicatedThread``, which other event-loop code may use too.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from typing import Literal
 from ..plugin_host import PluginHost
 from ..runtime import RuntimeSpec
 from .base import Executor, RuntimeInfo, build_runtime
+from .dedicated import DedicatedThread
 from .isolation import ItemResult, execute_isolated
 from .process import ProcessExecutor
 from .thread import ThreadExecutor
 
 __all__ = [
+    "DedicatedThread",
     "Executor",
     "ItemResult",
     "ProcessExecutor",

@@ -17,7 +17,6 @@ import os
 import tempfile
 import traceback
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from ..plugin_host import PluginHost
 from ..runtime import Runtime, RuntimeSpec, process_rss_bytes
 from ..threads import apply_process_budget
 from .base import Executor, RuntimeInfo, build_runtime
+from .dedicated import DedicatedThread
 from .isolation import ItemResult, execute_isolated
 
 __all__ = ["Arena", "ProcessExecutor"]
@@ -210,7 +210,7 @@ class ProcessExecutor(Executor):
         self._env = dict(env or {})
         self._arena = Arena(owner=True)
         self._results = Arena(owner=False)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"ladle-worker-{spec.model}")
+        self._thread = DedicatedThread(f"ladle-worker-{spec.model}")
         self._conn: Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._failed = ""
@@ -261,7 +261,7 @@ class ProcessExecutor(Executor):
         return payload
 
     async def _call(self, *message: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._roundtrip, message)
+        return await self._thread.call(self._roundtrip, message)
 
     async def load(self) -> None:
         context = multiprocessing.get_context("spawn")
@@ -302,7 +302,7 @@ class ProcessExecutor(Executor):
     async def execute(self, batch: Batch) -> list[ItemResult]:
         if self._conn is None:
             raise ModelNotReadyError("worker process is not started")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._execute, batch)
+        return await self._thread.call(self._execute, batch)
 
     async def stop(self) -> None:
         if self._conn is not None and not self._failed:
@@ -318,4 +318,4 @@ class ProcessExecutor(Executor):
             self._conn = None
         self._arena.close()
         self._results.close()
-        self._pool.shutdown(wait=False)
+        self._thread.close()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..envelope import Batch
@@ -13,6 +11,7 @@ from ..errors import ModelNotReadyError
 from ..plugin_host import PluginHost
 from ..runtime import Runtime, RuntimeSpec, process_rss_bytes
 from .base import Executor, RuntimeInfo, build_runtime
+from .dedicated import DedicatedThread
 from .isolation import ItemResult, execute_isolated
 
 __all__ = ["ThreadExecutor"]
@@ -24,7 +23,7 @@ class ThreadExecutor(Executor):
     def __init__(self, spec: RuntimeSpec, host: PluginHost) -> None:
         self.spec = spec
         self._host = host
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"ladle-{spec.model}-{spec.version}")
+        self._thread = DedicatedThread(f"ladle-{spec.model}-{spec.version}")
         self._runtime: Runtime | None = None
         self._rss_before = 0
 
@@ -37,7 +36,7 @@ class ThreadExecutor(Executor):
         return os.getpid()
 
     async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+        return await self._thread.call(function, *args)
 
     async def load(self) -> None:
         self._rss_before = process_rss_bytes()
@@ -56,13 +55,10 @@ class ThreadExecutor(Executor):
         runtime = self._runtime
         if runtime is None:
             raise ModelNotReadyError("instance is not loaded")
-        result: list[ItemResult] = await asyncio.get_running_loop().run_in_executor(
-            self._pool, execute_isolated, runtime, batch
-        )
-        return result
+        return await self._thread.call(execute_isolated, runtime, batch)
 
     async def stop(self) -> None:
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
             await self._call(runtime.unload)
-        self._pool.shutdown(wait=False)
+        self._thread.close()

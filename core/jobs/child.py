@@ -16,17 +16,16 @@ the parent has threads.
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
 
 from ..errors import LadleError, RuntimeFailureError
+from ..executors import DedicatedThread
 
 __all__ = ["ChildIterator"]
 
@@ -53,9 +52,15 @@ def _idle_priority(pid: int) -> None:
         os.setpriority(os.PRIO_PROCESS, pid, 19)
 
 
-def _serve(connection: Connection, function: Callable[..., Iterator[Any]], leading: tuple[Any, ...]) -> None:
-    """The child: ``function(*leading, *args)``'s items down ``connection``, then the end or the error."""
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+def _serve(
+    connection: Connection, function: Callable[..., Iterator[Any]], leading: tuple[Any, ...], parent: int
+) -> None:
+    """The child: ``function(*leading, *args)``'s items down ``connection``, then the end or the error.
+
+    ``parent`` comes from the parent itself: read here, after the interpreter's start-up, it would
+    already be init's pid had the parent been killed meanwhile, and the watch would never fire.
+    """
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
         args = connection.recv()
         for item in function(*leading, *args):
@@ -88,7 +93,7 @@ class ChildIterator(Generic[T]):
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
         self._process = context.Process(
-            target=_serve, args=(child, function, leading), name=name, daemon=True
+            target=_serve, args=(child, function, leading, os.getpid()), name=name, daemon=True
         )
         self._process.start()
         if idle:
@@ -97,7 +102,7 @@ class ChildIterator(Generic[T]):
             assert self._process.pid is not None
             _idle_priority(self._process.pid)
         child.close()
-        self._receiver = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._receiver = DedicatedThread(name)
         self._done = False
 
     @property
@@ -122,7 +127,7 @@ class ChildIterator(Generic[T]):
     async def __anext__(self) -> T:
         if self._done:
             raise StopAsyncIteration
-        kind, value = await asyncio.get_running_loop().run_in_executor(self._receiver, self._receive)
+        kind, value = await self._receiver.call(self._receive)
         if kind == _ITEM:
             item: T = value
             return item
@@ -137,4 +142,4 @@ class ChildIterator(Generic[T]):
             self._process.terminate()
         self._process.join(5)
         self._connection.close()
-        self._receiver.shutdown(wait=False)
+        self._receiver.close()

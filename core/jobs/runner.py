@@ -25,7 +25,6 @@ import math
 import multiprocessing
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -34,6 +33,7 @@ import orjson
 from ..batching import Foreground
 from ..config import JobsSection
 from ..errors import InvalidRequestError, LadleError
+from ..executors import DedicatedThread
 from ..serving import ModelManager
 from .child import ChildIterator
 from .intake import PUBLISH_INTERVAL, InputReader, SharedClock, record_chunks, store_inputs
@@ -166,7 +166,7 @@ class JobRunner:
         self.settings = settings
         self.kinds = kinds
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self._io = ThreadPoolExecutor(1, thread_name_prefix="ladle-jobs")
+        self._io = DedicatedThread("ladle-jobs")
         self._pacer = WorkPacer(manager.foreground, settings.work_share)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -175,7 +175,7 @@ class JobRunner:
 
     async def io(self, function: Callable[..., _T], *args: Any) -> _T:
         """Run a store call in the store's own thread (SQLite waits never block the event loop)."""
-        return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
+        return await self._io.call(function, *args)
 
     # lifecycle ---------------------------------------------------------------------------------
 
@@ -197,7 +197,7 @@ class JobRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        self._io.shutdown(wait=True)
+        self._io.close(wait=True)
         self.store.close()
 
     def submit(self, job_id: str) -> None:

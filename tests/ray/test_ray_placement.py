@@ -152,9 +152,15 @@ def test_an_idle_graph_is_torn_down_and_its_actor_stops_polling(ray_session: Any
             actor = psutil.Process(placement.describe()["actors"][0]["pid"])
             await asyncio.sleep(1.3)
             assert placement.describe()["actors"][0]["calls"] == "actor_calls"
+            # Ray's teardown stops the actor's polling loop a second or more later on a busy machine
             actor.cpu_percent(None)
-            await asyncio.sleep(1.0)
-            assert actor.cpu_percent(None) < 20
+            deadline = time.monotonic() + 10
+            while True:
+                await asyncio.sleep(0.5)
+                busy = actor.cpu_percent(None)
+                if busy < 20 or time.monotonic() > deadline:
+                    break
+            assert busy < 20, f"the actor still polls {busy:.0f}% of a core 10 s after its graph went"
             (answer,) = await instance.execute(batch(4.0))  # a plain call while the graph builds
             assert isinstance(answer, dict) and float(answer["y"][0, 0]) == 8.0
             await through_graph(instance, placement)

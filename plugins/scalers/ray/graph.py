@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from ladle import Arrays, ItemResult
+from ladle import Arrays, DedicatedThread, ItemResult
 
 __all__ = ["WarmGraph"]
 
@@ -45,7 +44,7 @@ class WarmGraph:
         #: False once a graph failed to compile: plain calls from then on.
         self.available = True
         self._actor = actor
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"ladle-ray-{name}")
+        self._thread = DedicatedThread(f"ladle-ray-{name}")
         self._graph: Any = None
         self._building: asyncio.Task[None] | None = None
         self._idle_check: asyncio.TimerHandle | None = None
@@ -67,7 +66,7 @@ class WarmGraph:
 
     async def run(self, graph: Any, inputs: Arrays, items: list[Any]) -> list[ItemResult]:
         """One batch through ``graph`` (what ``use`` gave)."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, _run, graph, inputs, items)
+        return await self._thread.call(_run, graph, inputs, items)
 
     def _compile(self) -> Any:
         from ray.dag import InputNode
@@ -82,7 +81,7 @@ class WarmGraph:
     async def _build(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self._graph = await loop.run_in_executor(self._thread, self._compile)
+            self._graph = await self._thread.call(self._compile)
         except Exception as exc:  # an older Ray, or a node that cannot host the channels
             self.available = False
             log.warning(
@@ -105,7 +104,7 @@ class WarmGraph:
         self._idle_check = None
         graph, self._graph = self._graph, None
         if graph is not None:
-            self._thread.submit(graph.teardown)  # after any batch still going through it
+            self._thread.call(_teardown, graph)  # after any batch still going through it
 
     async def close(self) -> None:
         """Tear the graph down (after what runs through it) and stop the thread."""
@@ -118,8 +117,14 @@ class WarmGraph:
             self._idle_check.cancel()
             self._idle_check = None
         graph, self._graph = self._graph, None
-        loop = asyncio.get_running_loop()
         if graph is not None:
-            with contextlib.suppress(Exception):
-                await loop.run_in_executor(self._thread, graph.teardown)
-        self._thread.shutdown(wait=False)
+            await self._thread.call(_teardown, graph)
+        self._thread.close()
+
+
+def _teardown(graph: Any) -> None:
+    """Tear ``graph`` down; a failure is logged (the actor may be gone already)."""
+    try:
+        graph.teardown()
+    except Exception as exc:
+        log.debug("compiled graph teardown failed: %s: %s", type(exc).__name__, exc)
