@@ -3,10 +3,11 @@ same greedy choices as float32 almost everywhere, served through a real server.
 
 Agreement is top-1 with float32 on float32's own greedy continuations (teacher-forced: both see the
 same context at every position). These random-weight models have small top-2 logit margins, so a
-perturbation of about 1% of a logit flips some choices: measured 0.93 (Llama config) and 0.99
-(GPT-2 config). The threshold 0.85 leaves room for other CPUs (fbgemm's activation rounding depends
-on the instruction set), while any real fault (a wrong scale, a weight transposed or misplaced, a
-layer left out) drops agreement towards 1/vocab.
+perturbation of about 1% of a logit flips some choices: measured 0.83 (Llama config) and 0.99
+(GPT-2 config) with activations at fbgemm's reduced (7-bit) range, which x86 CPUs without VNNI need
+(at the full range their int16 pair sums saturate: 18% error on one product, 0.68 agreement). The
+threshold 0.75 leaves room for other CPUs, while any real fault (a wrong scale, a weight transposed
+or misplaced, a layer left out, saturation) drops agreement far below it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ladle.testing.server import RunningServer, run_server
 from .support import generate_alone, load_runtime, logits
 from .test_continuous_engine import run_batched, workload
 
-AGREEMENT = 0.85
+AGREEMENT = 0.75
 
 
 def agreement(reference: CausalLMRuntime, other: CausalLMRuntime, tokens: int = 32) -> float:
