@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -369,6 +369,9 @@ def measure(
     )
 
 
+_FAILURES = (ServerFailed, OSError, subprocess.SubprocessError, httpx.HTTPError)
+
+
 def run_round_robin(
     contenders: Sequence[Contender],
     *,
@@ -379,14 +382,54 @@ def run_round_robin(
     warmup: float,
     log_dir: Path,
     report: Callable[[str], None] = print,
+    together: bool = False,
 ) -> RoundRobinResult:
     """Measure every contender at every connection count, ``repetitions`` times, one server at a time.
 
     Each repetition starts, checks (first time only), warms up, measures and stops each contender
     in turn; the order rotates by one per repetition. A contender that fails is reported, left out
     of later repetitions, and kept in ``failures``.
+
+    ``together`` starts, checks and warms up every contender once and keeps them all up (idle but
+    for the one under load); the measurements then alternate between them, in an order that
+    reverses every repetition, so that on a machine whose speed drifts over seconds, short
+    measurements of the contenders lie close together in time.
     """
     result = RoundRobinResult()
+
+    def prepare(server: RunningServer, check: bool) -> None:
+        if check and server.contender.check is not None:
+            server.contender.check(server.base_url)
+        if warmup > 0:
+            run_wrk(server.url, script, max(connections), warmup)
+
+    def record(server: RunningServer, count: int, repetition: int) -> None:
+        measurement = measure(server, script, count, duration, repetition + 1)
+        result.measurements.append(measurement)
+        report(_progress_line(measurement, repetitions))
+
+    def failed(name: str, exc: Exception, log_path: Path) -> None:
+        result.failures[name] = f"{type(exc).__name__}: {exc}"
+        report(f"  {name}: FAILED ({result.failures[name].splitlines()[0]}); log: {log_path}")
+
+    if together:
+        with ExitStack() as stack:
+            servers: list[RunningServer] = []
+            for contender in contenders:
+                log_path = log_dir / f"{contender.name}.log"
+                try:
+                    server = stack.enter_context(running(contender, log_path))
+                    prepare(server, check=True)
+                except _FAILURES as exc:
+                    failed(contender.name, exc, log_path)
+                else:
+                    servers.append(server)
+            for repetition in range(repetitions):
+                order = servers if repetition % 2 == 0 else servers[::-1]
+                for count in connections:
+                    for server in order:
+                        record(server, count, repetition)
+        return result
     checked: set[str] = set()
     active = list(contenders)
     for repetition in range(repetitions):
@@ -397,21 +440,12 @@ def run_round_robin(
             log_path = log_dir / f"{contender.name}-{repetition + 1}.log"
             try:
                 with running(contender, log_path) as server:
-                    if contender.name not in checked and contender.check is not None:
-                        contender.check(server.base_url)
+                    prepare(server, check=contender.name not in checked)
                     checked.add(contender.name)
-                    if warmup > 0:
-                        run_wrk(server.url, script, max(connections), warmup)
                     for count in connections:
-                        measurement = measure(server, script, count, duration, repetition + 1)
-                        result.measurements.append(measurement)
-                        report(_progress_line(measurement, repetitions))
-            except (ServerFailed, OSError, subprocess.SubprocessError, httpx.HTTPError) as exc:
-                result.failures[contender.name] = f"{type(exc).__name__}: {exc}"
-                report(
-                    f"  {contender.name}: FAILED ({result.failures[contender.name].splitlines()[0]}); "
-                    f"log: {log_path}"
-                )
+                        record(server, count, repetition)
+            except _FAILURES as exc:
+                failed(contender.name, exc, log_path)
         active = [c for c in active if c.name not in result.failures]
     return result
 

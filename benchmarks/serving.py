@@ -86,6 +86,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", default="1,64", help="comma-separated connection counts")
     parser.add_argument("--quick", action="store_true", help="1 repetition of 3 s (1 s warm-up)")
     parser.add_argument(
+        "--together",
+        action="store_true",
+        help="keep every server up and alternate short measurements between them (a machine whose "
+        "speed drifts: e.g. --together --reps 30 --duration 2)",
+    )
+    parser.add_argument(
         "--contenders", default=",".join(BUILTIN), help=f"comma-separated subset of {', '.join(BUILTIN)}"
     )
     parser.add_argument(
@@ -390,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup=args.warmup,
             log_dir=workdir / "logs",
             report=plain(console),
+            together=args.together,
         )
         failures = {**unavailable, **result.failures}
         summaries = summarise(result.measurements)
