@@ -14,8 +14,11 @@ against plain ``ladle`` too, which is how telemetry or router settings are compa
 ``--baseline DIR`` adds another ladle (``pip install --no-deps --target DIR`` of an older commit)
 as the contender ``baseline``, so two releases are compared in one interleaved run:
 
-    git worktree add /tmp/old COMMIT && pip install --no-deps --target /tmp/old-ladle /tmp/old
-    python benchmarks/serving.py --contenders ladle --baseline /tmp/old-ladle
+    git worktree add /tmp/src COMMIT && pip install --no-deps --target /tmp/old /tmp/src
+    python benchmarks/serving.py --contenders ladle --baseline /tmp/old --together --reps 30 --duration 2
+
+``--together`` keeps every server up and alternates short measurements between them: on a machine
+whose speed drifts over seconds it puts the builds compared seconds apart, not tens of seconds.
 """
 
 from __future__ import annotations
