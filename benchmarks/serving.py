@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import _contenders
-from _harness import Contender, Summary, run_round_robin, summarise, write_wrk_script
+from _harness import Contender, Measurement, Summary, run_round_robin, summarise, write_wrk_script
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -266,6 +267,31 @@ def ratios(summaries: list[Summary], contenders: Sequence[Contender]) -> list[Ra
     return found
 
 
+def paired_ratios(measurements: Sequence[Measurement], contenders: Sequence[Contender]) -> list[Ratio]:
+    """``ratios`` within each repetition, then their median over repetitions: with ``--together``
+    the contenders of one repetition ran seconds apart, so each ratio is taken in one phase of the
+    machine."""
+    by_repetition: dict[int, list[Measurement]] = {}
+    for m in measurements:
+        by_repetition.setdefault(m.repetition, []).append(m)
+    groups: dict[tuple[str, str, int], list[Ratio]] = {}
+    for runs in by_repetition.values():
+        for r in ratios(summarise(runs), contenders):
+            groups.setdefault((r.subject, r.reference, r.connections), []).append(r)
+    return [
+        Ratio(
+            subject,
+            reference,
+            count,
+            *(
+                statistics.median(getattr(r, metric) for r in found)
+                for metric in ("throughput", "p50", "p99", "cpu_per_request")
+            ),
+        )
+        for (subject, reference, count), found in groups.items()
+    ]
+
+
 def _divide(a: float, b: float) -> float:
     return a / b if b and not math.isnan(b) else float("nan")
 
@@ -302,6 +328,7 @@ def print_results(
     found_ratios: list[Ratio],
     found_targets: list[Target],
     failures: dict[str, str],
+    paired: bool = False,
 ) -> None:
     table = Table(title="Medians over repetitions", title_justify="left")
     for column in (
@@ -339,7 +366,11 @@ def print_results(
         )
     if found_ratios:
         table = Table(
-            title="Ratios of medians, subject / reference",
+            title=(
+                "Medians of the ratios within each repetition, subject / reference"
+                if paired
+                else "Ratios of medians, subject / reference"
+            ),
             caption="req/s: above 1x is better; p50, p99, CPU/req: below 1x is better",
             title_justify="left",
             caption_justify="left",
@@ -403,9 +434,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         failures = {**unavailable, **result.failures}
         summaries = summarise(result.measurements)
-        found_ratios = ratios(summaries, contenders)
+        if args.together:
+            found_ratios = paired_ratios(result.measurements, contenders)
+        else:
+            found_ratios = ratios(summaries, contenders)
         found_targets = targets(summaries, contenders)
-        print_results(console, summaries, found_ratios, found_targets, failures)
+        print_results(console, summaries, found_ratios, found_targets, failures, paired=args.together)
         if args.json:
             document = {
                 "config": {
