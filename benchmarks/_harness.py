@@ -428,7 +428,12 @@ def run_round_robin(
                 order = servers if repetition % 2 == 0 else servers[::-1]
                 for count in connections:
                     for server in order:
-                        record(server, count, repetition)
+                        if server.contender.name in result.failures:
+                            continue
+                        try:
+                            record(server, count, repetition)
+                        except _FAILURES as exc:
+                            failed(server.contender.name, exc, server.log_path)
         return result
     checked: set[str] = set()
     active = list(contenders)
