@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -284,12 +284,18 @@ def paired_ratios(measurements: Sequence[Measurement], contenders: Sequence[Cont
             reference,
             count,
             *(
-                statistics.median(getattr(r, metric) for r in found)
+                _median_of_known(getattr(r, metric) for r in found)
                 for metric in ("throughput", "p50", "p99", "cpu_per_request")
             ),
         )
         for (subject, reference, count), found in groups.items()
     ]
+
+
+def _median_of_known(values: Iterable[float]) -> float:
+    """The median of the values that are not NaN (a run with no answers has none), else NaN."""
+    known = [v for v in values if not math.isnan(v)]
+    return statistics.median(known) if known else float("nan")
 
 
 def _divide(a: float, b: float) -> float:
@@ -444,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             document = {
                 "config": {
                     "reps": args.reps,
+                    "together": args.together,
                     "duration_s": args.duration,
                     "warmup_s": args.warmup,
                     "connections": args.connections,
